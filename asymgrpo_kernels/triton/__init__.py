@@ -1,0 +1,1 @@
+"""Triton kernels, one file per pass, each kernel beside its launcher."""
