@@ -1,7 +1,8 @@
 """Pure-PyTorch path that never holds [tokens x vocab]: runs on any device.
 
-Tokens are processed in chunks of ``rows`` rows, chosen so the chunk's float32 logits and
-the one scratch buffer beside them fit in ``workspace_bytes``. Forward keeps per token only
+Tokens are processed in chunks of ``rows`` rows, chosen so the chunk's float32 [rows, V]
+buffers (logits, probabilities and the temporaries of logsumexp / exp) fit in
+``workspace_bytes``. Forward keeps per token only
 log p(target), the entropy (as -sum p log p over the shifted logits) and the log-sum-exp; backward recomputes each chunk's logits and
 forms the logit gradient of ALGORITHM.md section 5 in place:
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 DEFAULT_WORKSPACE_BYTES = 256 * 2**20
-_BUFFERS_PER_ROW = 2  # tempered logits + one scratch buffer, both float32 [rows, V]
+_BUFFERS_PER_ROW = 4  # float32 [rows, V]: logits, probabilities, and the temporaries of logsumexp/exp
 
 
 def rows_per_chunk(vocab_size: int, workspace_bytes: int) -> int:
