@@ -1,7 +1,17 @@
 """asymgrpo_kernels: fused, memory-lean kernels for AsymGRPO-style policy-gradient losses."""
 
+from .advantages import group_advantages
 from .logprob_entropy import fused_linear_logprob_entropy
+from .losses import AsymGRPOLoss, fused_linear_asymgrpo_loss
+from .policy_loss import asym_policy_loss
+from .presets import PRESETS, preset_kwargs
 
 __all__ = [
     "fused_linear_logprob_entropy",
+    "group_advantages",
+    "asym_policy_loss",
+    "fused_linear_asymgrpo_loss",
+    "AsymGRPOLoss",
+    "PRESETS",
+    "preset_kwargs",
 ]

@@ -1,0 +1,113 @@
+"""Per-token AsymGRPO loss and its derivatives in one elementwise pass (float32).
+
+The Triton twin of ``asymgrpo_kernels.policy_loss.token_terms``: same inputs, same
+``TokenTerms`` outputs, same formulas (see that module's docstring). Optional inputs are
+switched off by constexpr flags, so a run without reference, entropy or IS weights reads
+nothing for them.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..policy_loss import CLIP_DUAL, CLIP_HIGH, CLIP_LOW, KL_ESTIMATOR_CODES, TokenTerms
+
+BLOCK = 1024
+
+
+@triton.jit
+def _policy_loss_kernel(
+    logp_ptr, old_ptr, adv_ptr, valid_ptr, ref_ptr, ent_ptr, isw_ptr,
+    loss_ptr, dlogp_ptr, dent_ptr, ratio_ptr, kl_ptr, clipped_ptr,
+    n_tokens, clip_low, clip_high, dual_clip, kl_coef, entropy_coef,
+    HAS_REF: tl.constexpr, HAS_ENT: tl.constexpr, HAS_IS: tl.constexpr, HAS_DUAL: tl.constexpr,
+    KL_EST: tl.constexpr, BIT_LOW: tl.constexpr, BIT_HIGH: tl.constexpr, BIT_DUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n_tokens
+    valid = (tl.load(valid_ptr + offs, mask=inside, other=0) != 0) & inside
+    logp = tl.load(logp_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    adv = tl.load(adv_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+
+    ratio = tl.exp(logp - old)
+    low = (adv < 0) & (ratio < 1.0 - clip_low)
+    high = (adv > 0) & (ratio > 1.0 + clip_high)
+    clipped_ratio = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+    pg = -tl.minimum(ratio * adv, clipped_ratio * adv)
+    grad = tl.where(low | high, 0.0, -ratio * adv)
+    code = tl.where(low, BIT_LOW, 0) | tl.where(high, BIT_HIGH, 0)
+    if HAS_DUAL:
+        dual = (adv < 0) & (pg > -adv * dual_clip)
+        pg = tl.where(dual, -adv * dual_clip, pg)
+        grad = tl.where(dual, 0.0, grad)
+        code = code | tl.where(dual, BIT_DUAL, 0)
+    if HAS_IS:
+        weight = tl.load(isw_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+        pg = pg * weight
+        grad = grad * weight
+    kl = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_REF:
+        d = tl.load(ref_ptr + offs, mask=valid, other=0.0).to(tl.float32) - logp
+        if KL_EST == 0:
+            kl = -d
+            dkl = tl.full([BLOCK], 1.0, dtype=tl.float32)
+        elif KL_EST == 1:
+            kl = 0.5 * d * d
+            dkl = -d
+        else:
+            exp_d = tl.exp(d)
+            kl = exp_d - d - 1.0
+            dkl = 1.0 - exp_d
+        pg = pg + kl_coef * kl
+        grad = grad + kl_coef * dkl
+    loss = pg
+    if HAS_ENT:
+        loss = loss - entropy_coef * tl.load(ent_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+
+    tl.store(loss_ptr + offs, tl.where(valid, loss, 0.0), mask=inside)
+    tl.store(dlogp_ptr + offs, tl.where(valid, grad, 0.0), mask=inside)
+    tl.store(dent_ptr + offs, tl.where(valid, -entropy_coef, 0.0), mask=inside)
+    tl.store(ratio_ptr + offs, tl.where(valid, ratio, 0.0), mask=inside)
+    tl.store(kl_ptr + offs, tl.where(valid, kl, 0.0), mask=inside)
+    tl.store(clipped_ptr + offs, tl.where(valid, code, 0).to(tl.int8), mask=inside)
+
+
+def token_terms_triton(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    valid: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    entropy: torch.Tensor | None,
+    is_weights: torch.Tensor | None,
+    *,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
+    kl_coef: float,
+    kl_estimator: str,
+    entropy_coef: float,
+) -> TokenTerms:
+    """Same contract as ``policy_loss.token_terms``; contiguous [N] inputs, float32 outputs."""
+    n_tokens = logprobs.numel()
+    out = [torch.empty(n_tokens, dtype=torch.float32, device=logprobs.device) for _ in range(5)]
+    clipped = torch.empty(n_tokens, dtype=torch.int8, device=logprobs.device)
+    if n_tokens == 0:
+        return TokenTerms(*out, clipped)
+    placeholder = logprobs  # never read: its constexpr flag is off
+    _policy_loss_kernel[(triton.cdiv(n_tokens, BLOCK),)](
+        logprobs, old_logprobs, advantages, valid.view(torch.uint8),
+        placeholder if ref_logprobs is None else ref_logprobs,
+        placeholder if entropy is None else entropy,
+        placeholder if is_weights is None else is_weights,
+        *out, clipped,
+        n_tokens, clip_low, clip_high, 0.0 if dual_clip is None else dual_clip, kl_coef, entropy_coef,
+        HAS_REF=ref_logprobs is not None, HAS_ENT=entropy is not None, HAS_IS=is_weights is not None,
+        HAS_DUAL=dual_clip is not None, KL_EST=KL_ESTIMATOR_CODES[kl_estimator],
+        BIT_LOW=CLIP_LOW, BIT_HIGH=CLIP_HIGH, BIT_DUAL=CLIP_DUAL, BLOCK=BLOCK,
+    )
+    return TokenTerms(*out, clipped)
