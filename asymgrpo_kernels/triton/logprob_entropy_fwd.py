@@ -1,0 +1,127 @@
+"""Forward kernel: per-token log-sum-exp, entropy and target log-prob in one pass over the vocabulary.
+
+Programs tile (token block, vocabulary split): grid axis 0 counts token blocks (unbounded),
+axis 1 the splits (at most 65,535). Each program streams its split's vocabulary blocks,
+computing a tempered-logits tile s with ``tl.dot`` over H (float32 accumulation) and never
+storing it. Per row it keeps
+
+    m  = running max of s                       (identity -inf)
+    S  = sum exp(s - m)
+    Zm = sum exp(s - m) * (s - m)               (rescaled when m grows)
+    s_y = the target's logit, when the target falls in this split (else 0)
+
+Zm is taken relative to m rather than Z = sum exp(s - m) * s: then the entropy comes out as
+log S - Zm / S without subtracting two numbers of the size of the logits (lse - E_p[s]),
+which loses everything in float32 when |s| ~ 1e3. The [4, splits, N] partials are merged
+in torch (O(N * splits)) by ``combine_partials``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import FORWARD_CONFIGS, FORWARD_KEY, dot_options
+from .tiles import block_offsets, range_offsets, tempered_logits_tile
+
+#: Per-split float32 partials kept for every token: m, S, Zm, s_y.
+PARTIALS = 4
+
+
+@triton.autotune(configs=FORWARD_CONFIGS, key=FORWARD_KEY)
+@triton.jit
+def _forward_kernel(
+    h_ptr, w_ptr, b_ptr, targets_ptr, partials_ptr,
+    N, V, H, split_span,
+    stride_hn, stride_hk, stride_wv, stride_wk,
+    inv_temperature,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows, row_mask = block_offsets(tl.program_id(0), BLOCK_N, N)
+    split = tl.program_id(1).to(tl.int64)
+    n_splits = tl.num_programs(1)
+    v_begin = split * split_span
+    v_end = tl.minimum(v_begin + split_span, V)
+    target = tl.load(targets_ptr + rows, mask=row_mask, other=-1)
+
+    m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    sum_exp = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    shifted_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    target_logit = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for v_start in range(v_begin, v_end, BLOCK_V):
+        cols, col_mask = range_offsets(v_start, BLOCK_V, v_end)
+        s = tempered_logits_tile(
+            h_ptr, stride_hn, stride_hk, rows, row_mask,
+            w_ptr, stride_wv, stride_wk, cols, col_mask,
+            b_ptr, H, inv_temperature,
+            HAS_BIAS, UPCAST, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_K,
+        )
+        s = tl.where(col_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp(m - m_new)  # 0 on the first tile, where m = -inf
+        # Zm relative to m_new: sum e_old (s - m_new) = Zm_old + S_old (m_old - m_new). The
+        # where()s keep 0 * (-inf) out: m_old = -inf on the first tile, s = -inf off the vocabulary.
+        moved = sum_exp * tl.where(sum_exp > 0, m - m_new, 0.0)
+        shifted = s - m_new[:, None]
+        e = tl.exp(shifted)  # 0 on masked columns
+        shifted_sum = alpha * (shifted_sum + moved) + tl.sum(e * tl.where(col_mask[None, :], shifted, 0.0), axis=1)
+        sum_exp = alpha * sum_exp + tl.sum(e, axis=1)
+        m = m_new
+        target_logit += tl.sum(tl.where(cols[None, :] == target[:, None], s, 0.0), axis=1)
+
+    out = partials_ptr + split * N + rows
+    plane = n_splits.to(tl.int64) * N
+    tl.store(out, m, mask=row_mask)
+    tl.store(out + plane, sum_exp, mask=row_mask)
+    tl.store(out + 2 * plane, shifted_sum, mask=row_mask)
+    tl.store(out + 3 * plane, target_logit, mask=row_mask)
+
+
+def launch_forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperature: float,
+    split_span: int,
+) -> torch.Tensor:
+    """Run the kernel; return float32 partials [4, splits, N] (m, S, Zm, s_y per split).
+
+    hidden [N, H] and weight [V, H] are read through their strides (no copies); targets [N]
+    int64 contiguous (-1 = none); bias [V] contiguous or None. ``split_span`` (a multiple of
+    ``configs.VOCAB_ALIGN``) is the vocabulary width of one split.
+    """
+    n_rows, hidden_size = hidden.shape
+    vocab_size = weight.shape[0]
+    n_splits = triton.cdiv(vocab_size, split_span)
+    partials = torch.empty(PARTIALS, n_splits, n_rows, dtype=torch.float32, device=hidden.device)
+    grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]), n_splits)  # noqa: E731
+    _forward_kernel[grid](
+        hidden, weight, bias if bias is not None else weight, targets, partials,
+        n_rows, vocab_size, hidden_size, split_span,
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+        1.0 / temperature,
+        HAS_BIAS=bias is not None, **dot_options(hidden.dtype),
+    )
+    return partials
+
+
+def combine_partials(partials: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge [4, splits, N] partials into (logprobs, entropy, lse), each float32 [N].
+
+    Every split holds at least one vocabulary entry, so each m is finite and the rescaling
+    factors exp(m - M) are well defined.
+    """
+    m, sum_exp, shifted_sum, target_logit = partials.unbind(0)
+    m_max = m.amax(dim=0)
+    delta = m - m_max  # <= 0
+    scale = delta.exp()
+    total = (sum_exp * scale).sum(dim=0)
+    shifted_total = (scale * (shifted_sum + sum_exp * delta)).sum(dim=0)  # sum_v e^(s_v - M) (s_v - M)
+    log_total = total.log()
+    lse = m_max + log_total
+    entropy = log_total - shifted_total / total
+    logprobs = target_logit.sum(dim=0) - lse
+    return logprobs, entropy, lse
