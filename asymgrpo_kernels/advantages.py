@@ -31,6 +31,7 @@ import torch
 
 from .dispatch import resolve_backend
 from .validate import (
+    BACKENDS,
     NORMALIZE_MODES,
     check_choice,
     check_group_inputs,
@@ -76,7 +77,7 @@ def group_advantages(
     check_choice(normalize, "normalize", NORMALIZE_MODES)
     if not isinstance(unbiased_std, bool):
         raise TypeError(f"unbiased_std must be a bool, got {type(unbiased_std).__name__}")
-    backend = resolve_backend(backend, rewards.device)
+    backend = resolve_backend(check_choice(backend, "backend", BACKENDS), rewards.device)
 
     rewards = rewards.detach()
     inverse, counts = _segments(rewards, group_ids, group_size)

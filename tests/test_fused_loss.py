@@ -1,0 +1,222 @@
+"""fused_linear_asymgrpo_loss and AsymGRPOLoss: loss and gradients against the materialized
+reference composition (logits -> log_softmax -> entropy -> policy loss) in float64."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import asymgrpo_kernels.losses as losses_module
+from asymgrpo_kernels import AsymGRPOLoss, fused_linear_asymgrpo_loss, group_advantages
+from asymgrpo_kernels.dispatch import triton_available
+from asymgrpo_kernels.reference import asymgrpo_loss_reference, logprob_entropy_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+AGGS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+OPTIONS = {
+    "plain": {},
+    "kl": dict(kl_coef=0.2, kl_estimator="k3"),
+    "entropy_bonus": dict(entropy_coef=0.05),
+    "dual_clip_is": dict(dual_clip=1.5, clip_low=0.1, clip_high=0.28, is_weights=True),
+    "everything": dict(clip_low=0.15, clip_high=0.3, dual_clip=2.0, is_weights=True, kl_coef=0.1,
+                       kl_estimator="k2", entropy_coef=0.02),
+}
+
+
+def _triton_core_importable() -> bool:
+    if not triton_available():
+        return False
+    try:
+        importlib.import_module("asymgrpo_kernels.triton.logprob_entropy")
+    except Exception:  # the Triton kernel core is optional here
+        return False
+    return True
+
+
+TRITON = pytest.param("triton", marks=pytest.mark.skipif(not _triton_core_importable(), reason="triton core cannot run here"))
+
+
+def make_problem(batch=3, seq_len=5, hidden_size=16, vocab=37, *, seed=0, bias=True, on_policy=False,
+                 per_token_adv=False, temperature=0.7):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch, seq_len, hidden_size, generator=gen)
+    weight = torch.randn(vocab, hidden_size, generator=gen) / hidden_size**0.5 * 2
+    b = torch.randn(vocab, generator=gen) * 0.5 if bias else None
+    targets = torch.randint(0, vocab, (batch, seq_len), generator=gen)
+    mask = (torch.rand(batch, seq_len, generator=gen) > 0.25).long()
+    mask[0, :2] = 1
+    targets[mask == 0] = -1  # padding ids outside [0, V) where mask == 0 must not matter
+    with torch.no_grad():
+        logp, _ = logprob_entropy_reference(hidden.double(), weight.double(), torch.where(mask == 1, targets, -100),
+                                            None if b is None else b.double(), temperature)
+    p = dict(
+        hidden=hidden, weight=weight, bias=b, targets=targets, mask=mask, temperature=temperature,
+        advantages=torch.randn((batch, seq_len) if per_token_adv else (batch,), generator=gen),
+        old_logprobs=None if on_policy else (logp + torch.randn(batch, seq_len, generator=gen) * 0.4).float(),
+        ref_logprobs=(logp + torch.randn(batch, seq_len, generator=gen) * 0.3).float(),
+        is_weights=torch.rand(batch, seq_len, generator=gen) + 0.5,
+    )
+    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in p.items()}
+
+
+def run(problem, options, *, backend="torch", float64_reference=False, **extra):
+    """Loss and the gradients of (hidden, weight, bias) from the fused call or the float64 reference."""
+    cast = (lambda t: t.double()) if float64_reference else (lambda t: t)  # noqa: E731
+    leaves = {k: None if problem[k] is None else cast(problem[k]).detach().clone().requires_grad_()
+              for k in ("hidden", "weight", "bias")}
+    kw = dict(options)
+    if kw.pop("is_weights", False):
+        kw["is_weights"] = cast(problem["is_weights"])
+    kw.update(extra)
+    old = problem["old_logprobs"]
+    common = dict(old_logprobs=None if old is None else cast(old), ref_logprobs=cast(problem["ref_logprobs"]),
+                  bias=leaves["bias"], temperature=problem["temperature"], **kw)
+    args = (leaves["hidden"], leaves["weight"], problem["targets"], problem["mask"], cast(problem["advantages"]))
+    if float64_reference:
+        loss, metrics = asymgrpo_loss_reference(*args, **common), None
+    else:
+        loss, metrics = fused_linear_asymgrpo_loss(*args, backend=backend, **common)
+    loss.backward()
+    grads = [None if leaves[k] is None else leaves[k].grad for k in ("hidden", "weight", "bias")]
+    return loss.detach(), grads, metrics
+
+
+def assert_matches_reference(problem, options, backend="torch", tol=2e-5, **extra):
+    loss, grads, metrics = run(problem, options, backend=backend, **extra)
+    ref_loss, ref_grads, _ = run(problem, options, float64_reference=True, **extra)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=tol, atol=tol)
+    for name, g, r in zip(("hidden", "weight", "bias"), grads, ref_grads):
+        if r is None:
+            assert g is None
+            continue
+        assert g is not None and g.dtype == torch.float32, name
+        assert float(r.abs().max()) > 0, f"{name} gets a gradient"
+        torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+    return metrics
+
+
+@pytest.mark.parametrize("agg", AGGS)
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_fused_matches_reference_composition(agg, name):
+    assert_matches_reference(make_problem(seed=len(name) + len(agg)), OPTIONS[name], loss_agg=agg)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference", TRITON])
+@pytest.mark.parametrize("on_policy", [False, True])
+def test_backends_on_and_off_policy(backend, on_policy):
+    problem = make_problem(seed=21, on_policy=on_policy, per_token_adv=True)
+    assert_matches_reference(problem, OPTIONS["everything"], backend=backend)
+
+
+def test_no_bias_temperature_one_and_options_passed_through():
+    problem = make_problem(seed=4, bias=False, temperature=1.0)
+    assert_matches_reference(problem, OPTIONS["kl"], loss_agg="seq-mean-token-sum-norm", max_len=11, num_items=2.0)
+
+
+def test_metrics_come_from_the_fused_entropy():
+    problem = make_problem(seed=5)
+    metrics = assert_matches_reference(problem, OPTIONS["everything"])
+    with torch.no_grad():
+        _, entropy = logprob_entropy_reference(problem["hidden"], problem["weight"],
+                                               torch.where(problem["mask"] == 1, problem["targets"], -100),
+                                               problem["bias"], problem["temperature"])
+    valid = problem["mask"] == 1
+    pos = valid & (problem["advantages"][:, None] > 0)
+    torch.testing.assert_close(metrics["entropy_pos"], entropy[pos].mean() if pos.any() else torch.tensor(0.0))
+    assert metrics["tokens_pos"] + metrics["tokens_neg"] == metrics["tokens"] == valid.sum()
+    assert not any(v.requires_grad for v in metrics.values())
+
+
+def test_tied_embeddings_accumulate_both_gradients():
+    """With tied embeddings lm_head.weight is the embedding matrix: both uses add into one .grad."""
+    torch.manual_seed(0)
+    vocab, width = 29, 12
+
+    class TinyLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(vocab, width)
+            self.body = torch.nn.Linear(width, width)
+            self.lm_head = torch.nn.Linear(width, vocab, bias=False)
+            self.lm_head.weight = self.embed.weight  # tied
+
+        def backbone(self, ids):
+            return torch.tanh(self.body(self.embed(ids)))
+
+    model = TinyLM().to(DEVICE)
+    ids = torch.randint(0, vocab, (4, 9), device=DEVICE)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    mask = torch.ones_like(targets)
+    mask[:, :3] = 0  # prompt tokens
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0], device=DEVICE), group_size=4)
+    loss_fn = AsymGRPOLoss("asymgrpo", entropy_coef=0.01, backend="torch")
+
+    loss, _ = loss_fn(model.backbone(inputs), model.lm_head.weight, targets, mask, adv)
+    loss.backward()
+    fused_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = asymgrpo_loss_reference(model.backbone(inputs), model.lm_head.weight, targets, mask, adv, entropy_coef=0.01)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(fused_grads[name], param.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert set(fused_grads) == {"embed.weight", "body.weight", "body.bias"}  # one tensor for embed and head
+
+
+def test_module_equals_function():
+    problem = make_problem(seed=8)
+    module = AsymGRPOLoss("grpo", clip_high=0.28, kl_coef=0.1, loss_agg="seq-mean-token-mean",
+                          temperature=problem["temperature"], backend="torch")
+    args = (problem["hidden"], problem["weight"], problem["targets"], problem["mask"], problem["advantages"])
+    kw = dict(old_logprobs=problem["old_logprobs"], ref_logprobs=problem["ref_logprobs"], bias=problem["bias"])
+    loss, metrics = module(*args, **kw)
+    want, want_metrics = fused_linear_asymgrpo_loss(*args, **kw, clip_high=0.28, kl_coef=0.1, loss_agg="seq-mean-token-mean",
+                                                    temperature=problem["temperature"], backend="torch")
+    assert torch.equal(loss, want) and metrics.keys() == want_metrics.keys()
+
+
+@pytest.mark.parametrize(
+    "override,error,match",
+    [
+        (dict(mask="twos"), ValueError, "mask must hold only 0 and 1"),
+        (dict(mask="short"), ValueError, r"mask must have shape \[B, T\]"),
+        (dict(advantages=torch.ones(4)), ValueError, r"advantages must have shape \[B\] = \[3\]"),
+        (dict(old_logprobs=torch.zeros(3, 4)), ValueError, "old_logprobs must have shape"),
+        (dict(is_weights=torch.zeros(3, 5, 1)), ValueError, "is_weights must have shape"),
+        (dict(targets="out_of_range"), ValueError, r"targets must lie in \[0, 37\) where mask == 1; found 37"),
+        (dict(targets="float"), TypeError, "targets must be an integer tensor"),
+        (dict(hidden=torch.zeros(15, 16)), ValueError, r"hidden must have shape \[B, T, H\]"),
+        (dict(clip_low=-0.2), ValueError, "clip_low must be a finite number >= 0"),
+        (dict(dual_clip=0.9), ValueError, "dual_clip must be > 1"),
+        (dict(loss_agg="sum"), ValueError, "loss_agg must be one of"),
+        (dict(kl_estimator="k4", kl_coef=0.1), ValueError, "kl_estimator must be one of 'k1', 'k2', 'k3'"),
+        (dict(backend="cuda"), ValueError, "backend must be one of"),
+        (dict(temperature=0.0), ValueError, "temperature must be a finite number > 0"),
+    ],
+)
+def test_bad_input_raises_before_any_kernel(monkeypatch, override, error, match):
+    problem = make_problem()
+    special = {
+        "twos": problem["mask"] * 2, "short": problem["mask"][:, :4],
+        "out_of_range": torch.where(problem["mask"] == 1, 37, 0), "float": problem["targets"].float(),
+    }
+    args = dict(hidden=problem["hidden"], weight=problem["weight"], targets=problem["targets"], mask=problem["mask"],
+                advantages=problem["advantages"], ref_logprobs=problem["ref_logprobs"])
+    args.update({k: special.get(v, v) if isinstance(v, str) else v for k, v in override.items()})
+    launched = []
+    real = losses_module.fused_linear_logprob_entropy
+
+    def spy(hidden, weight, targets, **kw):
+        from asymgrpo_kernels.validate import check_logprob_entropy_inputs
+
+        check_logprob_entropy_inputs(hidden, weight, targets, kw.get("bias"), kw["temperature"], kw["ignore_index"], kw["backend"])
+        launched.append(True)
+        return real(hidden, weight, targets, **kw)
+
+    monkeypatch.setattr(losses_module, "fused_linear_logprob_entropy", spy)
+    with pytest.raises(error, match=match):
+        fused_linear_asymgrpo_loss(**args)
+    assert not launched, "the kernel core ran before the bad argument was caught"
