@@ -1,0 +1,205 @@
+"""The Triton backend's forward/backward, called directly, against float64 and the torch backend.
+
+On a machine without CUDA these run under ``TRITON_INTERPRET=1`` (set by conftest.py), which
+executes the kernels with numpy, one program at a time: shapes stay tiny. What we found there:
+
+* ``tl.dot`` on bfloat16 tiles returns garbage under the interpreter (errors of ~1e10 on a
+  16x32 @ 32x16 product), while float16 and float32 tiles give correct products. The kernels
+  therefore upcast every loaded tile to float32 before ``tl.dot`` when interpreting (the
+  ``UPCAST`` constexpr); on CUDA tiles stay bfloat16/float16 with float32 accumulation.
+* So the interpreter checks the algorithm, masking, strides, 64-bit offset arithmetic, the
+  split merge and the chunked accumulation, with float32 products. It cannot check the
+  tensor-core numerics of bfloat16 (nor the cast of the logit gradient to bfloat16 before the
+  dh/dW products on CUDA), nor atomics under real concurrency, nor speed: those need a GPU
+  run of this file without the interpreter (tolerances below hold for either).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asymgrpo_kernels import chunked
+from asymgrpo_kernels.dispatch import triton_available
+from asymgrpo_kernels.reference import logprob_entropy_reference
+
+if not triton_available():
+    pytest.skip("triton cannot run here (no CUDA device and TRITON_INTERPRET is not 1)", allow_module_level=True)
+
+from asymgrpo_kernels.triton import logprob_entropy as triton_backend  # noqa: E402
+from asymgrpo_kernels.triton.configs import VOCAB_ALIGN  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BIG_WORKSPACE = 256 * 2**20
+# Absolute tolerances relative to each quantity's own scale: float32 kernels accumulate in
+# float32; half-precision gradients are returned in their dtype (~3 significant digits).
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def make_case(n, h, v, dtype, *, bias=True, ignored=(), scale=1.0, seed=0):
+    """Inputs in ``dtype`` plus float32 upstream gradients (zero on ignored rows, -1 targets)."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=gen) * scale
+    weight = torch.randn(v, h, generator=gen) / h**0.5
+    b = torch.randn(v, generator=gen) if bias else None
+    targets = torch.randint(0, v, (n,), generator=gen)
+    targets[list(ignored)] = -1
+    grads = torch.randn(2, n, generator=gen)
+    grads[:, targets < 0] = 0.0
+    cast = lambda t: None if t is None else t.to(DEVICE, dtype)  # noqa: E731
+    return cast(hidden), cast(weight), cast(b), targets.to(DEVICE), grads[0].to(DEVICE), grads[1].to(DEVICE)
+
+
+def float64_truth(hidden, weight, bias, targets, temperature, g_logp, g_ent):
+    """(logprobs, entropy, lse, [grad_hidden, grad_weight, grad_bias]) in float64 by autograd."""
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (hidden, weight, bias)]
+    logp, ent = logprob_entropy_reference(leaves[0], leaves[1], targets, leaves[2], temperature, ignore_index=-1)
+    (logp * g_logp.double() + ent * g_ent.double()).sum().backward()
+    logits = leaves[0] @ leaves[1].T + (leaves[2] if bias is not None else 0)
+    lse = torch.logsumexp(logits.detach() / temperature, dim=-1)
+    return logp.detach(), ent.detach(), lse, [t.grad if t is not None else None for t in leaves]
+
+
+def float64_truth_entropy_all(hidden, weight, bias, temperature):
+    """Entropy of every row, ignored ones included (the kernel computes them all)."""
+    logits = hidden.double() @ weight.double().T + (bias.double() if bias is not None else 0)
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def run_triton(hidden, weight, bias, targets, temperature, g_logp, g_ent, workspace=BIG_WORKSPACE, needs=None):
+    needs = needs or (True, True, bias is not None)
+    logp, ent, lse = triton_backend.forward(hidden, weight, bias, targets, temperature, workspace)
+    grads = triton_backend.backward(g_logp, g_ent, hidden, weight, bias, targets, lse, ent, temperature, needs, workspace)
+    return logp, ent, lse, list(grads)
+
+
+def assert_close_scaled(got, want, tol, name):
+    atol = tol * max(1.0, want.abs().max().item())
+    torch.testing.assert_close(got.double(), want, atol=atol, rtol=tol, msg=lambda m: f"{name}: {m}")
+
+
+def assert_matches_float64(case, temperature, dtype, **kw):
+    hidden, weight, bias, targets, g_logp, g_ent = case
+    logp, ent, lse, grads = run_triton(hidden, weight, bias, targets, temperature, g_logp, g_ent, **kw)
+    ref_logp, ref_ent, ref_lse, ref_grads = float64_truth(hidden, weight, bias, targets, temperature, g_logp, g_ent)
+    valid = targets >= 0
+    assert logp.dtype == ent.dtype == lse.dtype == torch.float32
+    # the forward accumulates in float32 for every input dtype
+    assert_close_scaled(logp[valid], ref_logp[valid], 2e-5, "logprobs")
+    assert_close_scaled(ent, float64_truth_entropy_all(hidden, weight, bias, temperature), 2e-5, "entropy")
+    assert_close_scaled(lse, ref_lse, 2e-5, "lse")
+    for name, g, g_ref in zip(("hidden", "weight", "bias"), grads, ref_grads):
+        if g_ref is None:
+            assert g is None, name
+            continue
+        assert g.dtype == dtype and g.shape == g_ref.shape and g.is_contiguous(), name
+        assert_close_scaled(g, g_ref, TOL[dtype], f"grad {name}")
+    return grads
+
+
+@pytest.mark.parametrize(
+    "n,h,v,dtype,temperature,bias,ignored",
+    [
+        (1, 48, 50, torch.float32, 1.0, True, ()),
+        (37, 48, 301, torch.float32, 0.5, False, tuple(range(16)) + (20,)),
+        (29, 40, 300, torch.bfloat16, 2.0, True, (3, 7)),
+        (29, 48, 257, torch.float16, 0.5, False, (0,)),
+        (18, 48, 97, torch.bfloat16, 1.0, False, ()),
+    ],
+    ids=["N=1", "odd-ignored-block", "bf16-T2", "fp16-T0.5", "bf16-T1"],
+)
+def test_matches_float64(n, h, v, dtype, temperature, bias, ignored):
+    """Odd N, V and H (H = 48 leaves a BLOCK_K tail), every dtype, T in {0.5, 1, 2}, ignored rows
+    (the second case ignores a whole 16-row token block, which the backward skips)."""
+    case = make_case(n, h, v, dtype, bias=bias, ignored=ignored)
+    assert_matches_float64(case, temperature, dtype)
+
+
+def test_agrees_with_torch_backend():
+    hidden, weight, bias, targets, g_logp, g_ent = make_case(37, 48, 301, torch.float32, ignored=(5,))
+    ours = run_triton(hidden, weight, bias, targets, 0.7, g_logp, g_ent)
+    fwd = chunked.forward(hidden, weight, bias, targets, 0.7, BIG_WORKSPACE)
+    theirs = chunked.backward(g_logp, g_ent, hidden, weight, bias, targets, fwd[2], fwd[1], 0.7, (True,) * 3, BIG_WORKSPACE)
+    valid = targets >= 0
+    torch.testing.assert_close(ours[0][valid], fwd[0][valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[1], fwd[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[2], fwd[2], atol=1e-5, rtol=1e-5)
+    for g, g_torch in zip(ours[3], theirs):
+        torch.testing.assert_close(g, g_torch, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_that_overflow_a_naive_exp():
+    """|logits| ~ 1e3 / T: exp overflows in float32, most probabilities underflow to 0."""
+    case = make_case(9, 16, 129, torch.float32, scale=300.0, ignored=(4,))
+    hidden, weight, bias, targets, g_logp, g_ent = case
+    logp, ent, lse, grads = run_triton(hidden, weight, bias, targets, 0.5, g_logp, g_ent)
+    assert lse.abs().max() > 500  # the case really is in the overflow regime
+    assert torch.isfinite(logp).all() and torch.isfinite(ent).all()
+    assert all(torch.isfinite(g).all() for g in grads)
+    ref_logp, ref_ent, _, ref_grads = float64_truth(hidden, weight, bias, targets, 0.5, g_logp, g_ent)
+    valid = targets >= 0
+    # float32 logits of size ~2e3 carry ~1e-4 absolute error; the entropy must not lose more
+    torch.testing.assert_close(logp[valid].double(), ref_logp[valid], atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(ent[valid].double(), ref_ent[valid], atol=1e-3, rtol=1e-3)
+    for g, g_ref in zip(grads, ref_grads):
+        assert_close_scaled(g, g_ref, 1e-4, "grad")
+
+
+@pytest.mark.parametrize("layout", ["transposed", "column-sliced"])
+def test_non_contiguous_hidden_is_read_through_its_strides(layout):
+    hidden, weight, bias, targets, g_logp, g_ent = make_case(21, 48, 130, torch.bfloat16, ignored=(2,))
+    if layout == "transposed":
+        strided = hidden.T.contiguous().T  # strides (1, N)
+    else:
+        strided = torch.zeros(21, 96, dtype=hidden.dtype, device=DEVICE)[:, ::2]  # strides (96, 2)
+        strided.copy_(hidden)
+    assert not strided.is_contiguous() and torch.equal(strided, hidden)
+    got = run_triton(strided, weight, bias, targets, 1.3, g_logp, g_ent)
+    want = run_triton(hidden, weight, bias, targets, 1.3, g_logp, g_ent)
+    for a, b in zip([*got[:3], *got[3]], [*want[:3], *want[3]]):  # the contiguous run is checked elsewhere
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_tiny_workspace_forces_weight_chunks(dtype):
+    n, h, v = 20, 40, 300
+    tiny = 4 * h * VOCAB_ALIGN  # one VOCAB_ALIGN-row float32 accumulator of the weight gradient
+    assert triton_backend.weight_chunk_rows(v, h, tiny) == VOCAB_ALIGN < v  # several vocabulary chunks
+    case = make_case(n, h, v, dtype, ignored=(1,))
+    chunked_grads = assert_matches_float64(case, 0.9, dtype, workspace=tiny)
+    whole_grads = run_triton(*case[:4], 0.9, *case[4:])[3]
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, atol=TOL[dtype] * b.abs().max().item(), rtol=0)
+
+
+def test_several_splits_agree_with_one():
+    """The cross-split merge of (m, S, Zm, s_y) equals a single pass over the vocabulary."""
+    hidden, weight, bias, targets, _, _ = make_case(3, 32, 250, torch.float32, scale=20.0)
+    device = torch.device(DEVICE)
+    assert triton_backend.forward_split_span(3, 250, BIG_WORKSPACE, device) < 250 // 2  # >= 3 splits
+    assert triton_backend.forward_split_span(3, 250, 1, device) >= 250
+    split = triton_backend.forward(hidden, weight, bias, targets, 1.0, BIG_WORKSPACE)
+    single = triton_backend.forward(hidden, weight, bias, targets, 1.0, 1)
+    for a, b in zip(split, single):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-6)
+
+
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True)])
+def test_only_the_requested_gradients(needs):
+    case = make_case(17, 24, 90, torch.bfloat16)
+    hidden, weight, bias, targets, g_logp, g_ent = case
+    full = run_triton(*case[:4], 1.0, g_logp, g_ent)[3]
+    part = run_triton(*case[:4], 1.0, g_logp, g_ent, needs=needs)[3]
+    for wanted, g, g_full in zip(needs, part, full):
+        if wanted:
+            torch.testing.assert_close(g, g_full, atol=1e-2 * g_full.abs().max().item(), rtol=0)
+        else:
+            assert g is None
+
+
+def test_empty_batch():
+    hidden, weight, bias, targets, g_logp, g_ent = make_case(0, 16, 40, torch.float32)
+    logp, ent, lse, grads = run_triton(hidden, weight, bias, targets, 1.0, g_logp, g_ent)
+    assert logp.shape == ent.shape == lse.shape == (0,)
+    assert grads[0].shape == (0, 16) and (grads[1] == 0).all() and (grads[2] == 0).all()
