@@ -82,7 +82,7 @@ def test_ratios_cover_every_clip_branch():
 @pytest.mark.skipif(not triton_available(), reason="triton cannot run here")
 @pytest.mark.parametrize("name", ["plain", "dual_clip", "kl_k1", "kl_k2", "everything"])
 def test_triton_matches_torch(name):
-    data = make_batch(batch=3, seq_len=5, seed=3, dtype=torch.float32)
+    data = make_batch(batch=8, seq_len=300, seed=3, dtype=torch.float32)  # > 1 program, every branch
     got_loss, got_metrics = asym_policy_loss(**_call(data, OPTIONS[name]), backend="triton")
     want_loss, want_metrics = asym_policy_loss(**_call(data, OPTIONS[name]), backend="torch")
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-6, atol=1e-7)
