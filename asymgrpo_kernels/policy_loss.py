@@ -161,6 +161,7 @@ def token_weights(
     ``num_items`` replaces the number of items averaged over: tokens for "token-mean",
     sequences for the "seq-mean-*" modes (the optimizer step's count under gradient
     accumulation). Empty denominators count as 1, so an all-masked batch gives loss 0.
+    Fully masked sequences still count among the B sequences of the "seq-mean-*" modes.
     """
     m = valid.to(dtype)
     batch, seq_len = valid.shape
