@@ -26,9 +26,17 @@ def rows_per_chunk(vocab_size: int, workspace_bytes: int) -> int:
 
 
 def _tempered_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """s = (h @ W^T + b) / T for one chunk, as float32 [rows, V]."""
-    logits = torch.addmm(bias, h, weight.T) if bias is not None else h @ weight.T
-    return logits.float().div_(temperature)
+    """s = (h @ W^T + b) / T for one chunk, as float32 [rows, V].
+
+    In float32 the 1/T scale rides inside the matmul (alpha/beta), saving a pass over [rows, V].
+    """
+    inv_t = 1.0 / temperature
+    if h.dtype == torch.float32:
+        if bias is not None:
+            return torch.addmm(bias, h, weight.T, beta=inv_t, alpha=inv_t)
+        return h.mul(inv_t) @ weight.T if temperature != 1.0 else h @ weight.T
+    logits = (torch.addmm(bias, h, weight.T) if bias is not None else h @ weight.T).float()
+    return logits.mul_(inv_t) if temperature != 1.0 else logits
 
 
 def forward(
@@ -50,16 +58,18 @@ def forward(
     rows = rows_per_chunk(vocab_size, workspace_bytes)
     for start in range(0, n_tokens, rows):
         stop = min(start + rows, n_tokens)
-        s = _tempered_logits(hidden[start:stop], weight, bias, temperature)
-        chunk_lse = torch.logsumexp(s, dim=-1)
-        log_p = s.sub_(chunk_lse[:, None])  # in place: s is not needed any more
-        p = torch.exp(log_p)
-        target = targets[start:stop].clamp(min=0)
-        lse[start:stop] = chunk_lse
-        # H = -sum p log p on the shifted logits: the form lse - E_p[s] cancels two numbers of
-        # the logits' magnitude and loses ~|s| * 1e-7 per token in float32.
-        entropy[start:stop] = torch.einsum("nv,nv->n", p, log_p).neg_()
-        logprobs[start:stop] = log_p.gather(1, target[:, None]).squeeze(1)
+        shifted = _tempered_logits(hidden[start:stop], weight, bias, temperature)
+        row_max = shifted.amax(dim=1)
+        shifted.sub_(row_max[:, None])  # d = s - max(s) <= 0, in place
+        unnormalized = torch.exp(shifted)
+        log_sum = unnormalized.sum(dim=1).log_()
+        # H = log S - sum_j e^d_j d_j / S: on shifted logits, so no cancellation of two numbers of
+        # the logits' magnitude (lse - E_p[s] loses ~|s| * 1e-7 per token in float32).
+        weighted = torch.einsum("nv,nv->n", unnormalized, shifted)
+        entropy[start:stop] = log_sum - weighted / log_sum.exp()
+        lse[start:stop] = row_max + log_sum
+        target = targets[start:stop].clamp(min=0)[:, None]
+        logprobs[start:stop] = shifted.gather(1, target).squeeze(1) - log_sum
     return logprobs, entropy, lse
 
 
@@ -86,26 +96,28 @@ def backward(
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
     grad_bias = torch.zeros(vocab_size, dtype=torch.float32, device=weight.device) if need_bias else None
-    expected_s = lse - entropy
+    # dlogits = ds / T = p * (a * log p + b) + onehot(y) * g_logp / T, with
+    # a = -g_H / T and b = (-g_H * H - g_logp) / T, since s - E_p[s] = log p + H.
+    inv_t = 1.0 / temperature
+    slope = grad_entropy * -inv_t
+    offset = (grad_entropy * entropy + grad_logprobs) * -inv_t
+    target_grad = grad_logprobs * inv_t
     rows = rows_per_chunk(vocab_size, workspace_bytes)
     for start in range(0, n_tokens, rows):
         stop = min(start + rows, n_tokens)
-        g_logp, g_ent = grad_logprobs[start:stop, None], grad_entropy[start:stop, None]
-        ds = _tempered_logits(hidden[start:stop], weight, bias, temperature)
-        p = torch.sub(ds, lse[start:stop, None]).exp_()
-        # ds = p * (-g_H * (s - E_p[s]) - g_logp), then + g_logp at the target column.
-        ds.sub_(expected_s[start:stop, None]).mul_(-g_ent).sub_(g_logp).mul_(p)
-        del p
+        log_p = _tempered_logits(hidden[start:stop], weight, bias, temperature).sub_(lse[start:stop, None])
+        dlogits = torch.exp(log_p)
+        dlogits.mul_(log_p.mul_(slope[start:stop, None]).add_(offset[start:stop, None]))
+        del log_p
         target = targets[start:stop].clamp(min=0)[:, None]
-        ds.scatter_add_(1, target, g_logp.expand(-1, 1))
-        ds.div_(temperature)
+        dlogits.scatter_add_(1, target, target_grad[start:stop, None])
         h = hidden[start:stop]
         if need_hidden:  # [rows, V] @ [V, H] in the input dtype, fp32 accumulation in the matmul
-            torch.mm(ds.to(hidden.dtype), weight, out=grad_hidden[start:stop])
+            torch.mm(dlogits.to(hidden.dtype), weight, out=grad_hidden[start:stop])
         if need_weight:  # accumulated over chunks in float32
-            grad_weight.addmm_(ds.T, h.float())
+            grad_weight.addmm_(dlogits.T, h.float())
         if need_bias:
-            grad_bias.add_(ds.sum(0))
+            grad_bias.add_(dlogits.sum(0))
     if grad_weight is not None:
         grad_weight = grad_weight.to(weight.dtype)
     if grad_bias is not None:
