@@ -1,0 +1,189 @@
+"""Run one benchmark case: availability, agreement with ours, timing, peak extra memory, one row.
+
+Order for each case: skip with the reason if the implementation cannot run here; check its
+outputs and gradients against ours as shipped on this device (normwise relative error,
+tolerance below; the first check call also warms up / compiles); time it with
+pytest-benchmark (median of the rounds); measure its peak extra memory (memory.py); record
+the row. A disagreement fails the test after the row is recorded with status "mismatch".
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from . import memory
+from .cases import Inputs, Shape, shapes_for
+from .peers import TASK_DESCRIPTIONS, Adapter, adapter, adapters, baseline_name, objective
+from .results import Recorder
+
+# Normwise relative error allowed between an implementation and ours: float32 agrees to
+# rounding; bf16/fp16 materialized paths round the logits to 8 (or 11) bits first.
+TOLERANCE = {"float32": 2e-4, "bfloat16": 3e-2, "float16": 1e-2}
+MODES = ("fwd+bwd", "fwd")
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: str
+    task: str
+    name: str
+    shape: Shape
+    mode: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.shape.id}-{self.task}-{self.name}-{self.mode}"
+
+
+def cases(suite: str, preset: str, tasks: tuple[str, ...]) -> list[Case]:
+    """Every case of a suite: shape outermost (inputs are built once per shape), floor first."""
+    return [
+        Case(suite, task, impl.name, shape, mode)
+        for shape in shapes_for(suite, preset)
+        for task in ("floor",) + tasks
+        for impl in adapters(task)
+        for mode in MODES
+    ]
+
+
+class _ShapeCache:
+    """Inputs and baseline results of the current shape only (GPU memory is finite)."""
+
+    def __init__(self):
+        self.key, self.inputs, self.baselines, self.checks = None, None, {}, {}
+
+    def inputs_for(self, shape: Shape, device: torch.device) -> Inputs:
+        key = (shape, device.type)
+        if key != self.key:
+            self.key, self.inputs, self.baselines, self.checks = None, None, {}, {}
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.inputs, self.key = Inputs(shape, device, seed=SEED), key
+        return self.inputs
+
+
+_cache = _ShapeCache()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def outputs_and_grads(impl: Adapter, inputs: Inputs, state: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs (detached) and d objective / d (hidden, weight) of one call."""
+    outputs = impl.forward(inputs, state)
+    grads = torch.autograd.grad(objective(impl.task, outputs, inputs), inputs.params)
+    return [o.detach() for o in outputs], list(grads)
+
+
+def relative_error(value: torch.Tensor, expected: torch.Tensor) -> float:
+    """||value - expected|| / ||expected|| (for a 0-dim loss: / max(|expected|, 1))."""
+    diff = torch.linalg.vector_norm((value.double() - expected.double()).flatten()).item()
+    norm = torch.linalg.vector_norm(expected.double().flatten()).item()
+    return diff / (max(norm, 1.0) if expected.dim() == 0 else max(norm, 1e-30))
+
+
+def check_against_ours(case: Case, impl: Adapter, inputs: Inputs, state: dict, device: torch.device) -> dict:
+    """Agreement of ``impl`` with ours as shipped here: errors per output / gradient, tolerance, verdict."""
+    if case.task == "floor":
+        return {"verdict": "n/a (not the same quantity)"}
+    base_name = baseline_name(case.task, device)
+    if impl.name == base_name:
+        return {"verdict": "baseline (checked against float64 in tests/)"}
+    if case.task not in _cache.baselines:
+        base = adapter(case.task, base_name)
+        reason = base.unavailable(device)
+        _cache.baselines[case.task] = (reason, None if reason else outputs_and_grads(base, inputs, base.prepare(inputs)))
+    reason, expected = _cache.baselines[case.task]
+    if reason:
+        return {"verdict": f"unchecked: baseline {base_name} unavailable ({reason})"}
+    got = outputs_and_grads(impl, inputs, state)
+    names = [f"output{i}" for i in range(len(got[0]))] + ["grad_hidden", "grad_weight"]
+    errors = {n: relative_error(v, e) for n, v, e in zip(names, got[0] + got[1], expected[0] + expected[1])}
+    tol = TOLERANCE[case.shape.dtype]
+    ok = all(err <= tol for err in errors.values())
+    return {"verdict": "agrees" if ok else "MISMATCH", "baseline": base_name, "tolerance": tol, "errors": errors}
+
+
+def _base_row(case: Case, impl: Adapter, device: torch.device) -> dict:
+    backend = impl.backend
+    if backend == "auto":
+        from .peers import ours_backend
+
+        backend = ours_backend(device)
+    return {
+        "suite": case.suite, "task": case.task, "task_description": TASK_DESCRIPTIONS[case.task],
+        "impl": impl.name, "label": impl.label, "backend": backend, "entropy": impl.entropy, "notes": impl.notes,
+        "shape_id": case.shape.id, "shape": case.shape.as_dict(), "n_tokens": case.shape.n_tokens,
+        "hidden": case.shape.hidden, "vocab": case.shape.vocab, "dtype": case.shape.dtype, "mode": case.mode,
+    }
+
+
+def run_case(case: Case, benchmark, *, recorder: Recorder, device: torch.device, rounds: int, warmup_rounds: int,
+             isolate_memory: bool = True) -> None:
+    """Check, time and measure one case; record its row (or why it was skipped).
+
+    ``isolate_memory=False`` measures CPU memory in this process (fast, but only a smoke
+    test of the measurement: earlier cases have already raised the process's RSS).
+    """
+    impl = adapter(case.task, case.name)
+    row = _base_row(case, impl, device)
+    reason = impl.unavailable(device)
+    if reason:
+        recorder.add(case.suite, {**row, "status": "skipped", "reason": reason})
+        pytest.skip(reason)
+    try:
+        _measure(case, impl, row, benchmark, recorder, device, rounds, warmup_rounds, isolate_memory)
+    except torch.OutOfMemoryError as exc:
+        gc.collect()
+        torch.cuda.empty_cache()
+        reason = f"out of memory: {str(exc).splitlines()[0]}"
+        recorder.add(case.suite, {**row, "status": "oom", "reason": reason})
+        pytest.skip(reason)
+
+
+def _measure(case, impl, row, benchmark, recorder, device, rounds, warmup_rounds, isolate_memory) -> None:
+    inputs = _cache.inputs_for(case.shape, device)
+    if case.task in ("asymgrpo_loss", "grpo_loss"):
+        inputs.old_logprobs, inputs.ref_logprobs  # noqa: B018 - built before any baseline is taken
+    state = impl.prepare(inputs)
+    check_key = (case.task, case.name)
+    if check_key not in _cache.checks:
+        _cache.checks[check_key] = check_against_ours(case, impl, inputs, state, device)
+        gc.collect()
+    check = _cache.checks[check_key]
+
+    def timed():
+        result = impl.call(inputs, state, case.mode)
+        _sync(device)
+        return result
+
+    if impl.warmup and warmup_rounds == 0:
+        timed()  # a compiled implementation compiles on its first call of each mode
+    benchmark.group = f"{case.suite} {case.shape.id} {case.mode}"
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    stats = benchmark.stats.stats
+    if device.type == "cuda":
+        extra = memory.peak_extra_cuda(lambda: impl.call(inputs, state, case.mode))
+    elif not isolate_memory:
+        extra = memory.peak_extra_cpu_here(lambda: impl.call(inputs, state, case.mode))
+    else:
+        del state
+        gc.collect()
+        extra = memory.peak_extra_cpu_subprocess(memory.spec(case.task, case.name, case.shape.as_dict(), case.mode, SEED))
+    row.update({
+        "status": "ok" if check["verdict"] != "MISMATCH" else "mismatch",
+        "time_s": stats.median, "time_min_s": stats.min, "rounds": stats.rounds,
+        "peak_extra_bytes": int(extra), "check": check,
+    })
+    benchmark.extra_info.update({k: row[k] for k in ("task", "impl", "mode", "peak_extra_bytes")})
+    recorder.add(case.suite, row)
+    if check["verdict"] == "MISMATCH":
+        pytest.fail(f"{impl.label} disagrees with {check['baseline']}: {check['errors']} (tolerance {check['tolerance']})")

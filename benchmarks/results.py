@@ -1,0 +1,111 @@
+"""Benchmark rows -> one JSON file per suite, with the run's metadata and ratios from the same run.
+
+Ratios: ``time_vs_reference`` and ``memory_vs_reference`` divide by the row of the same task,
+shape and mode whose implementation is "reference"; ``time_vs_floor`` divides by the floor
+row of the same shape and mode; ``tflops`` is the LM head's useful FLOPs (2NHV forward,
+6NHV forward + backward) over the median time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .cases import matmul_flops, Shape
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    """A file-name-safe tag: "cpu" or the card's name, e.g. "nvidia-h100-80gb-hbm3"."""
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def metadata(device: torch.device, preset: str) -> dict:
+    """Device, library versions, date and commit of this run."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+            cwd=Path(__file__).resolve().parents[1],
+        ).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    return {
+        "device": device.type,
+        "device_name": device_name(device),
+        "preset": preset,
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "versions": {d: _version(d) for d in ("triton", "liger-kernel", "cut-cross-entropy", "transformers", "asymgrpo")},
+        "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+    }
+
+
+class Recorder:
+    """Collects rows during a pytest session and writes ``<suite>-<device>.json`` per suite."""
+
+    def __init__(self, out_dir: Path, device: torch.device, preset: str):
+        self.out_dir, self.device, self.preset = Path(out_dir), device, preset
+        self.rows: dict[str, list[dict]] = {}
+
+    def add(self, suite: str, row: dict) -> None:
+        self.rows.setdefault(suite, []).append(row)
+
+    def write(self) -> list[Path]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for suite, rows in self.rows.items():
+            path = self.out_dir / f"{suite}-{device_slug(self.device)}.json"
+            doc = {"suite": suite, "meta": metadata(self.device, self.preset), "rows": with_ratios(rows)}
+            path.write_text(json.dumps(doc, indent=1) + "\n")
+            paths.append(path)
+        return paths
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """Rows with time / memory ratios against the reference and the floor of the same run."""
+    def key(row):
+        return (row["shape_id"], row["mode"])
+
+    measured = [r for r in rows if r["status"] in ("ok", "mismatch")]
+    reference = {(r["task"],) + key(r): r for r in measured if r["impl"] == "reference"}
+    floor = {key(r): r for r in measured if r["task"] == "floor"}
+    out = []
+    for row in rows:
+        row = dict(row)
+        if row["status"] in ("ok", "mismatch"):
+            ref, flo = reference.get((row["task"],) + key(row)), floor.get(key(row))
+            shape = Shape.from_dict(row["shape"])
+            row["tflops"] = matmul_flops(shape, row["mode"]) / row["time_s"] / 1e12
+            row["time_vs_reference"] = row["time_s"] / ref["time_s"] if ref else None
+            row["memory_vs_reference"] = (
+                row["peak_extra_bytes"] / ref["peak_extra_bytes"] if ref and ref["peak_extra_bytes"] > 0 else None
+            )
+            row["time_vs_floor"] = row["time_s"] / flo["time_s"] if flo else None
+            row["memory_vs_fp32_logits"] = row["peak_extra_bytes"] / shape.logits_bytes(4)
+        out.append(row)
+    return out
