@@ -69,7 +69,7 @@ def _forward_kernel(
         shifted_sum = alpha * (shifted_sum + moved) + tl.sum(e * tl.where(col_mask[None, :], shifted, 0.0), axis=1)
         sum_exp = alpha * sum_exp + tl.sum(e, axis=1)
         m = m_new
-        target_logit += tl.sum(tl.where(cols[None, :] == target[:, None], s, 0.0), axis=1)
+        target_logit += tl.sum(tl.where((cols[None, :] == target[:, None]) & col_mask[None, :], s, 0.0), axis=1)
 
     out = partials_ptr + split * N + rows
     plane = n_splits.to(tl.int64) * N

@@ -43,8 +43,10 @@ def load_tile(ptr, rows, cols, stride_row, stride_col, row_mask, col_mask, UPCAS
 def dot_operand(tile, like_ptr, UPCAST: tl.constexpr):
     """A float32 tile cast to the dtype ``tl.dot`` takes beside tiles loaded from ``like_ptr``."""
     if UPCAST:
-        return tile
-    return tile.to(like_ptr.dtype.element_ty)
+        operand = tile
+    else:
+        operand = tile.to(like_ptr.dtype.element_ty)
+    return operand
 
 
 @triton.jit
