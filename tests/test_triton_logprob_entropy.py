@@ -7,11 +7,13 @@ executes the kernels with numpy, one program at a time: shapes stay tiny. What w
   16x32 @ 32x16 product), while float16 and float32 tiles give correct products. The kernels
   therefore upcast every loaded tile to float32 before ``tl.dot`` when interpreting (the
   ``UPCAST`` constexpr); on CUDA tiles stay bfloat16/float16 with float32 accumulation.
-* So the interpreter checks the algorithm, masking, strides, 64-bit offset arithmetic, the
-  split merge and the chunked accumulation, with float32 products. It cannot check the
-  tensor-core numerics of bfloat16 (nor the cast of the logit gradient to bfloat16 before the
-  dh/dW products on CUDA), nor atomics under real concurrency, nor speed: those need a GPU
-  run of this file without the interpreter (tolerances below hold for either).
+* So the interpreter checks the algorithm, masking, strides, the split merge and the chunked
+  accumulation, with float32 products. It cannot check the tensor-core numerics of bfloat16
+  (nor the cast of the logit gradient to bfloat16 before the dh/dW products on CUDA), atomics
+  under real concurrency, offsets past 2**31 elements (numpy computes them in int64 whatever
+  the kernel says, and such shapes are far too slow to emulate), nor speed: those need a GPU
+  run of this file without the interpreter (the tolerances below hold for either).
+  ``test_kernels_compile_for_hopper_with_pipelined_loads`` covers what compiling shows.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def assert_matches_float64(case, temperature, dtype, **kw):
 )
 def test_matches_float64(n, h, v, dtype, temperature, bias, ignored):
     """Odd N, V and H (H = 48 leaves a BLOCK_K tail), every dtype, T in {0.5, 1, 2}, ignored rows
-    (the second case ignores a whole 16-row token block, which the backward skips)."""
+    (the second case ignores rows 0-15: a whole token block, skipped by the backward, under the
+    interpreter's BLOCK_N = 16)."""
     case = make_case(n, h, v, dtype, bias=bias, ignored=ignored)
     assert_matches_float64(case, temperature, dtype)
 
