@@ -10,8 +10,10 @@ Each program:
        ds = g_logp * (onehot(y) - p) - g_H * p * (s - E_p[s]),
    taking s - E_p[s] as (s - lse) + H: finite even where p underflows to 0 (the form
    -p (log p + H) would give 0 * (-inf) = NaN there);
-3. with dlogits = ds / T, loops over H in BLOCK_K steps and atomically adds (float32)
-   dh[rows] += dlogits @ W[cols] and dW[cols] += dlogits^T @ h[rows], and db[cols] += sum ds.
+3. with dlogits = ds / T, adds its column sums into db[cols], then loops over H in BLOCK_K
+   steps and adds dh[rows] += dlogits @ W[cols] and dW[cols] += dlogits^T @ h[rows]; all
+   three are float32 atomic adds. On CUDA dlogits is rounded to the input dtype for the two
+   products (tensor-core operands, float32 accumulation), as a plain bf16 backward would.
 
 Token blocks whose upstream gradients are all zero (ignored or prompt tokens) skip all work.
 """
