@@ -139,12 +139,19 @@ def run_case(case: Case, benchmark, *, recorder: Recorder, device: torch.device,
     if reason:
         recorder.add(case.suite, {**row, "status": "skipped", "reason": reason})
         pytest.skip(reason)
+    reason = None
     try:
         _measure(case, impl, row, benchmark, recorder, device, rounds, warmup_rounds, isolate_memory)
     except torch.OutOfMemoryError as exc:
-        gc.collect()
-        torch.cuda.empty_cache()
         reason = f"out of memory: {str(exc).splitlines()[0]}"
+    except Exception as exc:
+        recorder.add(case.suite, {**row, "status": "error", "reason": f"{type(exc).__name__}: {exc}"[:500]})
+        raise
+    if reason:  # outside the except block, so the failed call's tensors can be freed
+        _cache.checks.pop((case.task, case.name), None)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         recorder.add(case.suite, {**row, "status": "oom", "reason": reason})
         pytest.skip(reason)
 
@@ -172,13 +179,17 @@ def _measure(case, impl, row, benchmark, recorder, device, rounds, warmup_rounds
     stats = benchmark.stats.stats
     if device.type == "cuda":
         extra = memory.peak_extra_cuda(lambda: impl.call(inputs, state, case.mode))
+        method = "torch.cuda.max_memory_allocated, in-process"
     elif not isolate_memory:
         extra = memory.peak_extra_cpu_here(lambda: impl.call(inputs, state, case.mode))
+        method = "RSS in the benchmark process (smoke only: the heap is already warm)"
     else:
         del state
         gc.collect()
         extra = memory.peak_extra_cpu_subprocess(memory.spec(case.task, case.name, case.shape.as_dict(), case.mode, SEED))
+        method = "peak RSS (VmHWM) in a fresh subprocess"
     row.update({
+        "memory_method": method,
         "status": "ok" if check["verdict"] != "MISMATCH" else "mismatch",
         "time_s": stats.median, "time_min_s": stats.min, "rounds": stats.rounds,
         "peak_extra_bytes": int(extra), "check": check,

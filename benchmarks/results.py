@@ -71,19 +71,25 @@ class Recorder:
     def __init__(self, out_dir: Path, device: torch.device, preset: str):
         self.out_dir, self.device, self.preset = Path(out_dir), device, preset
         self.rows: dict[str, list[dict]] = {}
+        self.meta = metadata(device, preset)
+
+    def path(self, suite: str) -> Path:
+        return self.out_dir / f"{suite}-{device_slug(self.device)}.json"
 
     def add(self, suite: str, row: dict) -> None:
+        """Record a row and rewrite the suite's file, so a run cut short keeps what it measured."""
         self.rows.setdefault(suite, []).append(row)
+        self.write_suite(suite)
+
+    def write_suite(self, suite: str) -> Path:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        doc = {"suite": suite, "meta": self.meta, "rows": with_ratios(self.rows[suite])}
+        path = self.path(suite)
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        return path
 
     def write(self) -> list[Path]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for suite, rows in self.rows.items():
-            path = self.out_dir / f"{suite}-{device_slug(self.device)}.json"
-            doc = {"suite": suite, "meta": metadata(self.device, self.preset), "rows": with_ratios(rows)}
-            path.write_text(json.dumps(doc, indent=1) + "\n")
-            paths.append(path)
-        return paths
+        return [self.write_suite(suite) for suite in self.rows]
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:

@@ -1,0 +1,170 @@
+"""Benchmark JSON -> PNG plots (time and memory against N and V) and a Markdown table.
+
+    python benchmarks/plot.py [FILES...] [--md benchmarks/results/results.md] [--png-dir DIR] [--no-png]
+
+FILES default to benchmarks/results/*.json. Suite files (written by the pytest suites) give
+one table each and, where N or V takes several values, one figure per task: forward +
+backward time and peak extra memory against N (at the most common H, V) and against V (at
+the most common N, H), one line per implementation. train_step files give a small table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MIB = 2**20
+
+
+def _fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _check_cell(row: dict) -> str:
+    check = row.get("check") or {}
+    verdict = check.get("verdict", "")
+    if "errors" in check:
+        return f"{verdict} ({max(check['errors'].values()):.0e} <= {check['tolerance']:g})" if verdict == "agrees" else (
+            f"**{verdict}** (max err {max(check['errors'].values()):.1e}, tol {check['tolerance']:g})"
+        )
+    return verdict.split(" (")[0]
+
+
+def suite_table(doc: dict) -> str:
+    """Markdown for one suite file: a header with the run's metadata, the table, the skips."""
+    meta = doc["meta"]
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    lines = [
+        f"### {doc['suite']} on {meta['device_name']}",
+        "",
+        f"{meta['date_utc']}, commit {meta.get('git_commit')}, preset `{meta['preset']}`, torch {meta['torch']}"
+        + (f" (CUDA {meta['cuda']})" if meta.get("cuda") else "") + f", {versions}.",
+        "",
+        "| task | implementation | N | H | V | dtype | mode | time (ms) | x reference | x floor | TFLOP/s "
+        "| peak extra (MiB) | memory x reference | entropy | agrees with ours |",
+        "|---|---|--:|--:|--:|---|---|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    skipped = defaultdict(list)
+    for r in doc["rows"]:
+        if r["status"] not in ("ok", "mismatch"):
+            skipped[(r["label"], r["status"], r.get("reason", ""))].append(f"{r['shape_id']} {r['mode']}")
+            continue
+        lines.append(
+            f"| {r['task']} | {r['label']} | {r['n_tokens']} | {r['hidden']} | {r['vocab']} | {r['dtype']} | {r['mode']} "
+            f"| {r['time_s'] * 1e3:.1f} | {_fmt(r.get('time_vs_reference'), '.2f')} | {_fmt(r.get('time_vs_floor'), '.2f')} "
+            f"| {r['tflops']:.3g} | {r['peak_extra_bytes'] / MIB:.0f} | {_fmt(r.get('memory_vs_reference'), '.3f')} "
+            f"| {r['entropy']} | {_check_cell(r)} |"
+        )
+    if skipped:
+        lines += ["", "Not measured:"]
+        for (label, status, reason), where in skipped.items():
+            lines.append(f"- {label} ({status}, {len(where)} cases): {reason}")
+    notes = sorted({f"{r['label']}: {r['notes']}" for r in doc["rows"] if r.get("notes")})
+    if notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+    methods = sorted({r["memory_method"] for r in doc["rows"] if r.get("memory_method")})
+    lines += ["", "Peak extra memory: peak during the call minus what was allocated before it (the inputs) and minus "
+              "what it returns (outputs, or the gradients); measured by " + "; ".join(methods) + "."]
+    return "\n".join(lines)
+
+
+def train_step_table(doc: dict) -> str:
+    meta = doc["meta"]
+    lines = [
+        f"### Training step of a randomly initialised {doc['model']} on {meta['device_name']}",
+        "",
+        f"{meta['date_utc']}, torch {meta['torch']}, {doc['batch']} x {doc['seq']} tokens, {doc['dtype']}, "
+        f"median of {doc['timed_steps']} steps after {doc['warmup_steps']} warm-up steps.",
+        "",
+        "| loss path | step time (s) | peak memory (GiB) | loss |",
+        "|---|--:|--:|--:|",
+    ]
+    for r in doc["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['path']} | {r['status']}: {r.get('reason', '')} | | |")
+            continue
+        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"
+        lines.append(f"| {r['path']} | {r['step_time_s']:.3f} | {peak} | {r['loss']:.4f} |")
+    return "\n".join(lines)
+
+
+def _slices(rows: list[dict]) -> dict[str, tuple[str, list[dict]]]:
+    """The N slice (most common H, V) and the V slice (most common N, H) of measured rows."""
+    hv = Counter((r["hidden"], r["vocab"]) for r in rows).most_common(1)[0][0]
+    nh = Counter((r["n_tokens"], r["hidden"]) for r in rows).most_common(1)[0][0]
+    return {
+        "n_tokens": (f"H={hv[0]}, V={hv[1]}", [r for r in rows if (r["hidden"], r["vocab"]) == hv]),
+        "vocab": (f"N={nh[0]}, H={nh[1]}", [r for r in rows if (r["n_tokens"], r["hidden"]) == nh]),
+    }
+
+
+def suite_plots(doc: dict, png_dir: Path, stem: str, mode: str = "fwd+bwd") -> list[Path]:
+    """One PNG per task with 2 x 2 panels: time and memory against N and against V."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in doc["rows"] if r["status"] in ("ok", "mismatch") and r["mode"] == mode]
+    paths = []
+    for task in sorted({r["task"] for r in measured} - {"floor"}):
+        rows = [r for r in measured if r["task"] in (task, "floor")]
+        slices = _slices(rows)
+        if all(len({r[axis] for r in sl}) < 2 for axis, (_, sl) in slices.items()):
+            continue  # a single shape: the table says it all
+        fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+        for col, (axis, (fixed, sl)) in enumerate(slices.items()):
+            for label in sorted({r["label"] for r in sl}):
+                pts = sorted((r[axis], r) for r in sl if r["label"] == label)
+                xs = [x for x, _ in pts]
+                style = {"linestyle": "--", "color": "black"} if label == "3-matmul floor" else {"marker": "o"}
+                axes[0, col].plot(xs, [r["time_s"] * 1e3 for _, r in pts], label=label, **style)
+                if label != "3-matmul floor":
+                    axes[1, col].plot(xs, [max(r["peak_extra_bytes"], 0) / MIB for _, r in pts], label=label, **style)
+            name = "tokens N" if axis == "n_tokens" else "vocabulary V"
+            axes[0, col].set(title=f"time vs {name} ({fixed})", xlabel=name, ylabel="time (ms)", xscale="log", yscale="log")
+            axes[1, col].set(title=f"peak extra memory vs {name} ({fixed})", xlabel=name, ylabel="MiB",
+                             xscale="log", yscale="symlog")
+            for ax in axes[:, col]:
+                ax.grid(True, which="both", alpha=0.3)
+        axes[0, 0].legend(fontsize=8)
+        meta = doc["meta"]
+        fig.suptitle(f"{doc['suite']}: {task} ({mode}), {meta['device_name']}, {meta['date_utc']}")
+        fig.tight_layout()
+        path = png_dir / f"{stem}-{task}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", type=Path)
+    parser.add_argument("--md", type=Path, default=RESULTS / "results.md")
+    parser.add_argument("--png-dir", type=Path, default=None, help="default: next to each JSON file")
+    parser.add_argument("--no-png", action="store_true")
+    args = parser.parse_args(argv)
+    files = args.files or sorted(RESULTS.glob("*.json"))
+    sections = []
+    for path in files:
+        doc = json.loads(path.read_text())
+        if "suite" in doc:
+            sections.append(suite_table(doc))
+            if not args.no_png:
+                for png in suite_plots(doc, args.png_dir or path.parent, path.stem):
+                    sections[-1] += f"\n\n![{doc['suite']} {png.stem}]({png.name})"
+                    print(f"wrote {png}")
+        elif doc.get("kind") == "train_step":
+            sections.append(train_step_table(doc))
+    args.md.parent.mkdir(parents=True, exist_ok=True)
+    args.md.write_text("# Benchmark results\n\nGenerated by `python benchmarks/plot.py` from the JSON files beside it.\n\n"
+                       + "\n\n".join(sections) + "\n")
+    print(f"wrote {args.md}")
+
+
+if __name__ == "__main__":
+    main()
