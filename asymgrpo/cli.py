@@ -1,0 +1,121 @@
+"""Command line: ``asymgrpo train [--config FILE] [--KEY VALUE ...]`` and ``asymgrpo eval CHECKPOINT``.
+
+Every key of ``TrainConfig`` is an option of ``train`` (``--group-size 8`` or ``--group_size 8``);
+the YAML file's keys are the same names. The config is checked before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import EMBEDDED, ConfigError, TrainConfig, config_fields
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asymgrpo", description="AsymGRPO training with vLLM rollouts.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a policy (no arguments: the embedded CPU demo)",
+                                description="Train with AsymGRPO. With no arguments: the embedded tiny-model demo.")
+    train.add_argument("--config", metavar="FILE", help="YAML file of config keys (command-line options win)")
+    for name, hint, default, help_text in config_fields():
+        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        type_name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        if hint is bool:
+            train.add_argument(*flags, dest=name, nargs="?", const="true", default=argparse.SUPPRESS,
+                               metavar="BOOL", help=f"{help_text} (default {default})")
+        else:
+            train.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=type_name.upper(),
+                               help=f"{help_text} (default {default!r})")
+
+    evaluate = commands.add_parser("eval", help="greedy accuracy and pass@k of a checkpoint, with vLLM")
+    evaluate.add_argument("checkpoint", help="a model folder (e.g. <output_dir>/checkpoints/step_000040) or hub name")
+    evaluate.add_argument("--dataset", default=None,
+                          help="'embedded', a .jsonl file or a datasets folder (default: the run's eval data, else embedded)")
+    evaluate.add_argument("--split", default="test", help="split inside a datasets folder (default test)")
+    evaluate.add_argument("--num-prompts", type=int, default=500, help="evaluate the first N prompts (default 500)")
+    evaluate.add_argument("--k", type=int, nargs="*", default=[1, 4, 8], help="pass@k values (default 1 4 8)")
+    evaluate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for pass@k (default 1.0)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's max_new_tokens")
+    evaluate.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return run_train(args)
+        return run_eval(args)
+    except ConfigError as error:
+        print(f"asymgrpo: config error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    config = TrainConfig.load(args.config, overrides)  # checked before anything heavy is imported
+    from .trainer import train
+
+    result = train(config)
+    print(f"done: {result.steps} steps in {result.wall_time_s:.0f} s")
+    if result.initial_accuracy is not None:
+        print(f"held-out greedy accuracy: {result.initial_accuracy:.3f} at the start -> {result.final_accuracy:.3f} at the end")
+    print(f"wrote {result.output_dir / 'metrics.jsonl'}, {result.output_dir / 'curves.png'}, "
+          f"checkpoints in {result.output_dir / 'checkpoints'}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.num_prompts <= 0 or any(k <= 0 for k in args.k):
+        raise ConfigError("--num-prompts and every --k must be > 0")
+    run = _run_config(Path(args.checkpoint))
+    keys = ("seed", "embedded_test_size", "embedded_max_operand", "prompt_template", "prompt_field", "answer_field",
+            "reward", "reward_timeout_s", "max_new_tokens")
+    values = {key: run[key] for key in keys if key in run}
+    if args.max_new_tokens is not None:
+        values["max_new_tokens"] = args.max_new_tokens
+    dataset = args.dataset or run.get("eval_dataset") or EMBEDDED
+    if dataset != EMBEDDED:
+        values.update(dataset=dataset, eval_dataset=dataset, eval_split=args.split)
+    config = TrainConfig.from_dict({**values, "model": str(args.checkpoint)})
+
+    from transformers import AutoTokenizer
+
+    from .data import arithmetic_splits, load_examples
+    from .evaluate import evaluate
+    from .policy import resolve_dtype
+    from .rewards import SafeReward, resolve_reward
+    from .rollout import RolloutEngine
+    from .trainer import max_model_len, reward_name
+
+    if dataset == EMBEDDED:
+        eval_set = arithmetic_splits(seed=config.seed, test_size=config.embedded_test_size,
+                                     max_operand=config.embedded_max_operand)[1]
+    else:
+        eval_set = load_examples(dataset, prompt_field=config.prompt_field, answer_field=config.answer_field,
+                                 split=args.split)
+    eval_set = eval_set[: args.num_prompts]
+    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
+    prompt_ids = [tokenizer(config.prompt_template.format(prompt=e.prompt))["input_ids"] for e in eval_set]
+    engine = RolloutEngine(args.checkpoint, dtype=str(resolve_dtype("auto")).removeprefix("torch."),
+                           max_model_len=max_model_len(config, prompt_ids), seed=args.seed)
+    reward = SafeReward(resolve_reward(reward_name(config)), config.reward_timeout_s)
+    result = evaluate(engine, tokenizer, eval_set, reward, prompt_template=config.prompt_template,
+                      max_new_tokens=config.max_new_tokens, ks=tuple(args.k), temperature=args.temperature,
+                      seed=args.seed)
+    report = {"checkpoint": str(args.checkpoint), "prompts": result.num_prompts, "greedy_accuracy": result.accuracy,
+              **{f"pass@{k}": v for k, v in result.pass_at_k.items()}}
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _run_config(checkpoint: Path) -> dict:
+    """The training config saved beside a checkpoint (<output_dir>/run.json), or {} for a bare model folder."""
+    for folder in checkpoint.resolve().parents[:3] if checkpoint.exists() else []:
+        if (folder / "run.json").exists():
+            return json.loads((folder / "run.json").read_text())["config"]
+    return {}

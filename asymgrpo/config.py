@@ -1,0 +1,249 @@
+"""Training configuration: one typed dataclass with documented defaults, and its checks.
+
+Sources, later ones winning: the defaults below, a YAML file, command-line overrides.
+Every value is checked (unknown key, wrong type, impossible value) by ``TrainConfig.from_dict``
+before any model or engine loads; errors are ``ConfigError`` naming the key.
+
+The defaults are the embedded task: a tiny Qwen2 and a character tokenizer built locally,
+a short supervised warm-up on "a+b=" -> "c", then AsymGRPO with vLLM rollouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from asymgrpo_kernels.presets import PRESETS
+
+EMBEDDED = "embedded"
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+NORMALIZE = ("std", "none")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTN = ("auto", "eager", "sdpa", "flash_attention_2")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or impossible."""
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- what to train on ---------------------------------------------------------------
+    model: str = _opt(EMBEDDED, "Hugging Face causal LM (hub name or local folder), or 'embedded' for the tiny local Qwen2.")
+    dataset: str = _opt(EMBEDDED, "'embedded' (a+b arithmetic), a .jsonl file, or a local Hugging Face datasets folder.")
+    train_split: str = _opt("train", "Split name inside a datasets folder (ignored for jsonl and embedded).")
+    eval_dataset: Optional[str] = _opt(None, "Held-out data for accuracy (same formats); None = the embedded test split, or no eval.")
+    eval_split: str = _opt("test", "Split name inside an eval datasets folder.")
+    prompt_field: str = _opt("prompt", "Record field holding the prompt.")
+    answer_field: str = _opt("answer", "Record field holding the reference answer.")
+    prompt_template: str = _opt("{prompt}", "Python format string applied to each prompt; {prompt} is the record's prompt.")
+    reward: str = _opt("auto", "'exact', 'math' (math-verify), a dotted path 'pkg.module:function', or 'auto' (exact on embedded, math otherwise).")
+    reward_timeout_s: float = _opt(5.0, "Seconds one reward call may take; slower calls score 0 and are counted.")
+    output_dir: str = _opt("runs/asymgrpo", "Where metrics.jsonl, curves.png and checkpoints/ go.")
+    seed: int = _opt(0, "Seed for data order, initialisation, sampling.")
+    resume: bool = _opt(False, "Continue from the latest checkpoint in output_dir/checkpoints.")
+
+    # --- embedded task and warm-up (model == 'embedded' only) ---------------------------
+    embedded_max_operand: int = _opt(99, "Operands a, b of the embedded task are drawn from 0..this.")
+    embedded_test_size: int = _opt(500, "Held-out (a, b) pairs of the embedded task, never trained on.")
+    warmup_steps: int = _opt(500, "Supervised next-token steps that bring the tiny model to a non-zero pass rate.")
+    warmup_lr: float = _opt(1e-3, "AdamW learning rate of the warm-up.")
+    warmup_batch_size: int = _opt(64, "Examples per warm-up step.")
+
+    # --- AsymGRPO objective -------------------------------------------------------------
+    preset: str = _opt("asymgrpo", "Advantage preset: " + ", ".join(PRESETS) + ".")
+    beta_pos: Optional[float] = _opt(None, "Positive-channel exponent; None = the preset's value.")
+    beta_neg: Optional[float] = _opt(None, "Negative-channel exponent; None = the preset's value.")
+    normalize: Optional[str] = _opt(None, "'std' or 'none' (group reward centring only); None = the preset's value.")
+    clip_low: float = _opt(0.2, "PPO ratio clip below 1.")
+    clip_high: float = _opt(0.28, "PPO ratio clip above 1 (clip-higher when > clip_low).")
+    dual_clip: Optional[float] = _opt(None, "Dual-clip constant c > 1 for negative advantages; None = off.")
+    kl_coef: float = _opt(0.0, "Weight of the KL term to a frozen reference model; 0 = no reference model is loaded.")
+    kl_estimator: str = _opt("k3", "KL estimator: k1, k2 or k3.")
+    entropy_coef: float = _opt(0.0, "Entropy bonus weight.")
+    loss_agg: str = _opt("token-mean", "Loss aggregation: " + ", ".join(LOSS_AGGS) + ".")
+    tis_cap: Optional[float] = _opt(None, "Truncated importance sampling: weight tokens by min(p_trainer / p_vllm, cap); None = off.")
+
+    # --- rollouts and optimisation ------------------------------------------------------
+    steps: int = _opt(40, "Optimizer steps (one rollout batch each).")
+    prompts_per_step: int = _opt(32, "Prompts per step.")
+    group_size: int = _opt(8, "Completions sampled per prompt (G).")
+    max_new_tokens: int = _opt(6, "Longest completion, in tokens.")
+    temperature: float = _opt(1.0, "Sampling temperature (the loss uses the same one).")
+    top_p: float = _opt(1.0, "Nucleus sampling threshold.")
+    lr: float = _opt(1e-4, "AdamW learning rate of the policy.")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _opt(1.0, "Gradient norm clip; 0 = off.")
+    micro_batch_size: int = _opt(256, "Sequences per forward/backward; gradients accumulate over the step.")
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory.")
+    dtype: str = _opt("auto", "Policy dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")
+    attn_implementation: str = _opt("auto", "auto (flash_attention_2 when installed on CUDA, else sdpa), eager, sdpa, flash_attention_2.")
+    loss_backend: str = _opt("auto", "Fused-loss backend: auto, triton, torch, reference.")
+
+    # --- evaluation, logging, checkpoints -----------------------------------------------
+    eval_every: int = _opt(5, "Greedy held-out accuracy every this many steps (and at the start and end); 0 = only start and end.")
+    eval_size: int = _opt(500, "Held-out prompts used per evaluation (the first ones).")
+    checkpoint_every: int = _opt(20, "Save a resumable checkpoint every this many steps (and at the end); 0 = only at the end.")
+    keep_checkpoints: int = _opt(2, "Newest step checkpoints kept on disk (the warm-up one is always kept).")
+    progress: bool = _opt(True, "Show a progress bar.")
+
+    # --- vLLM ---------------------------------------------------------------------------
+    vllm_max_model_len: int = _opt(0, "Engine context length; 0 = the longest prompt plus max_new_tokens, rounded up.")
+    vllm_gpu_memory_utilization: float = _opt(0.3, "Share of GPU memory vLLM may take (CUDA only).")
+    vllm_cpu_kvcache_gb: float = _opt(1.0, "KV cache size on the CPU backend, GiB.")
+
+    # ----------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build and check a config; raise ConfigError on the first bad key or value."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; see `asymgrpo train --help` for the valid ones")
+        checked = {key: _check_type(key, value, hints[key]) for key, value in values.items()}
+        config = cls(**checked)
+        config.validate()
+        return config
+
+    @classmethod
+    def load(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "TrainConfig":
+        """Defaults, then a YAML file's keys, then ``overrides`` (already-typed or string values)."""
+        values: dict[str, Any] = {}
+        if yaml_path is not None:
+            import yaml
+
+            with open(yaml_path) as f:
+                loaded = yaml.safe_load(f) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{yaml_path} must hold a mapping of keys to values, got {type(loaded).__name__}")
+            values.update(loaded)
+        values.update(overrides or {})
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Impossible values and combinations; types are already checked."""
+        positive_ints = ("steps", "prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "eval_size",
+                         "warmup_batch_size", "embedded_test_size", "keep_checkpoints")
+        for key in positive_ints:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("warmup_steps", "eval_every", "checkpoint_every", "vllm_max_model_len"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("reward_timeout_s", "temperature", "lr", "warmup_lr", "vllm_cpu_kvcache_gb"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("clip_low", "clip_high", "kl_coef", "entropy_coef", "weight_decay", "max_grad_norm"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.clip_low >= 1:
+            raise ConfigError(f"clip_low must be < 1 (the ratio is clipped to [1 - clip_low, 1 + clip_high]), got {self.clip_low}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 (advantages compare completions of one prompt), got {self.group_size}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        for key in ("beta_pos", "beta_neg"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0 or null, got {getattr(self, key)}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ConfigError(f"dual_clip must be > 1 or null, got {self.dual_clip}")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ConfigError(f"tis_cap must be > 0 or null, got {self.tis_cap}")
+        if self.embedded_max_operand < 1:
+            raise ConfigError(f"embedded_max_operand must be >= 1, got {self.embedded_max_operand}")
+        pairs = (self.embedded_max_operand + 1) ** 2
+        if self.dataset == EMBEDDED and self.embedded_test_size >= pairs:
+            raise ConfigError(f"embedded_test_size must be < the {pairs} possible (a, b) pairs, got {self.embedded_test_size}")
+        choices = {"preset": tuple(PRESETS), "loss_agg": LOSS_AGGS, "kl_estimator": KL_ESTIMATORS, "dtype": DTYPES,
+                   "attn_implementation": ATTN, "loss_backend": ("auto", "triton", "torch", "reference")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        if self.normalize is not None and self.normalize not in NORMALIZE:
+            raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)} or null; got {self.normalize!r}")
+        if "{prompt}" not in self.prompt_template:
+            raise ConfigError(f"prompt_template must contain '{{prompt}}', got {self.prompt_template!r}")
+        if self.reward not in ("auto", "exact", "math") and ":" not in self.reward and "." not in self.reward:
+            raise ConfigError(f"reward must be 'auto', 'exact', 'math' or a dotted path like 'pkg.module:function', got {self.reward!r}")
+        if self.dataset != EMBEDDED and not (self.dataset.endswith(".jsonl") or Path(self.dataset).is_dir()):
+            raise ConfigError(f"dataset must be 'embedded', a .jsonl file or a datasets folder; {self.dataset!r} is neither")
+        if self.dataset != EMBEDDED and self.dataset.endswith(".jsonl") and not Path(self.dataset).is_file():
+            raise ConfigError(f"dataset file {self.dataset!r} does not exist")
+        if self.model == EMBEDDED and self.dataset != EMBEDDED:
+            raise ConfigError("model 'embedded' only knows the embedded task's characters: use dataset 'embedded' with it")
+
+    @property
+    def advantage_kwargs(self) -> dict[str, Any]:
+        """Keywords for ``group_advantages``: the preset, with explicit betas / normalize on top."""
+        kwargs = dict(PRESETS[self.preset])
+        for key in ("beta_pos", "beta_neg", "normalize"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        return kwargs
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Return ``value`` as the annotated type, or raise ConfigError. Strings from the command line are parsed."""
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    expected = hint.__name__ + (" or null" if optional else "")
+    if isinstance(value, str) and hint is not str:
+        value = _parse_string(key, value, hint, expected)
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _parse_string(key: str, text: str, hint: Any, expected: str) -> Any:
+    try:
+        if hint is bool:
+            lowered = text.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(text)
+        return hint(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be {expected}, got {text!r}") from None
+
+
+def config_fields() -> list[tuple[str, Any, Any, str]]:
+    """(name, type, default, help) of every key, in declaration order: for --help and the README."""
+    hints = typing.get_type_hints(TrainConfig)
+    return [(f.name, hints[f.name], f.default, f.metadata["help"]) for f in dataclasses.fields(TrainConfig)]

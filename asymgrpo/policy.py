@@ -1,0 +1,69 @@
+"""The policy: a Hugging Face causal LM, read through its backbone's last hidden states.
+
+The trainer never asks the model for logits. ``last_hidden`` runs the backbone only;
+log-probs, entropies and the loss come from fused kernels fed with the LM head's weight
+(``lm_head_weight``; tied embeddings work as they are).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from asymgrpo_kernels import fused_linear_logprob_entropy
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """"auto" is bfloat16 on CUDA and float32 on the CPU."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return DTYPES[name]
+
+
+def resolve_attn_implementation(name: str) -> str:
+    """"auto" is flash_attention_2 when flash-attn is installed and CUDA is present, sdpa otherwise."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_policy(path: str, *, dtype: torch.dtype, attn_implementation: str, device: torch.device,
+                gradient_checkpointing: bool = False) -> PreTrainedModel:
+    """A causal LM from a folder or hub name, on ``device``, in training mode."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    model.to(device)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    model.train()
+    return model
+
+
+def last_hidden(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] token ids -> [B, T, H] last hidden states of the backbone (no logits).
+
+    Sequences are right-padded: causal attention keeps every real token away from the
+    padding after it, so no attention mask is needed.
+    """
+    return model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
+def lm_head_weight(model: PreTrainedModel) -> torch.Tensor:
+    """[V, H] weight of the output projection."""
+    return model.get_output_embeddings().weight
+
+
+def sequence_logprobs(model: PreTrainedModel, input_ids: torch.Tensor, targets: torch.Tensor, *,
+                      temperature: float = 1.0, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each target token and the entropy at each position, both [B, T-1] float32.
+
+    ``targets`` is [B, T-1] (input_ids shifted left); positions equal to -100 give 0.
+    """
+    hidden = last_hidden(model, input_ids[:, :-1])
+    return fused_linear_logprob_entropy(hidden, lm_head_weight(model), targets, temperature=temperature, backend=backend)

@@ -1,0 +1,170 @@
+"""The trainer with a real vLLM engine on the CPU: weight sync, end to end, resume, failing rewards.
+
+One engine serves the whole module (starting one takes ~30 s); each test pushes its own
+policy's weights into it. The policy is the embedded tiny Qwen2 with a few warm-up steps:
+these tests check plumbing and exactness, not learning.
+"""
+
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from asymgrpo.config import TrainConfig
+from asymgrpo.data import arithmetic_splits
+from asymgrpo.demo.warmup import build_embedded_checkpoint
+from asymgrpo.evaluate import evaluate, pass_at_k
+from asymgrpo.rewards import SafeReward, exact_match
+from asymgrpo.trainer import TIMING_KEYS, train
+
+pytestmark = pytest.mark.slow
+
+# vLLM's sampled-token log-probs against the trainer's fused ones, same float32 weights:
+# measured ~1e-7 mean, a few 1e-6 max; stale weights differ by ~1e-2 and more.
+SYNC_TOLERANCE = 1e-4
+
+SMALL = dict(warmup_steps=30, steps=4, prompts_per_step=8, group_size=4, eval_size=40, eval_every=2,
+             checkpoint_every=2, keep_checkpoints=5, progress=False, lr=1e-3, embedded_test_size=200,
+             reward=f"{__name__}:first_digit_reward")
+
+
+def first_digit_reward(prompt: str, completion: str, answer: str) -> float:
+    """Partial credit a barely trained model earns often, so every step has a gradient."""
+    return float(completion[:1] == answer[:1])
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    train_set, _ = arithmetic_splits(seed=0, test_size=200)
+    return build_embedded_checkpoint(tmp_path_factory.mktemp("base"), train_set, steps=30, lr=1e-3, batch_size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def engine(base_model):
+    from asymgrpo.rollout import RolloutEngine
+
+    return RolloutEngine(str(base_model), dtype="float32", max_model_len=32, seed=0)
+
+
+def _trainer_logprobs(model, prompt, completion):
+    from asymgrpo.batch import pack
+    from asymgrpo.trainer import score_tokens
+
+    batch = pack([prompt], [completion.token_ids], [completion.logprobs], pad_id=0, device=torch.device("cpu"))
+    config = TrainConfig(micro_batch_size=8)
+    logprobs, _ = score_tokens(model, batch, config)
+    return logprobs[batch.mask > 0], batch.vllm_logprobs[batch.mask > 0]
+
+
+def test_weight_sync_after_an_optimizer_step(engine, base_model):
+    """After one optimizer step and a push, vLLM's log-probs of its samples match the trainer's."""
+    from asymgrpo.demo.warmup import supervised_warmup
+    from asymgrpo.policy import load_policy
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = load_policy(str(base_model), dtype=torch.float32, attn_implementation="sdpa", device=torch.device("cpu"))
+    engine.load_weights(model.state_dict().items())
+    train_set, _ = arithmetic_splits(seed=0, test_size=200)
+    supervised_warmup(model, tokenizer, train_set, steps=1, lr=1e-2, batch_size=16, seed=5)
+    prompt = tokenizer("12+34=")["input_ids"]
+
+    stale = engine.sample([prompt], n=8, max_tokens=6, temperature=1.0, seeds=[0])[0]
+    stale_gap = max((a - b).abs().max().item() for a, b in (_trainer_logprobs(model, prompt, c) for c in stale))
+    assert stale_gap > 10 * SYNC_TOLERANCE, "the step did not change the policy: the test could not fail"
+
+    engine.load_weights(model.state_dict().items())
+    fresh = engine.sample([prompt], n=8, max_tokens=6, temperature=1.0, seeds=[0])[0]
+    gaps = [(a - b).abs().max().item() for a, b in (_trainer_logprobs(model, prompt, c) for c in fresh)]
+    assert max(gaps) < SYNC_TOLERANCE, gaps
+
+
+def test_end_to_end(engine, tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path)})
+    result = train(config, engine=engine)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and result.steps == 4
+    assert rows[0]["accuracy"] == result.initial_accuracy and rows[-1]["accuracy"] == result.final_accuracy
+    expected = {"reward", "train_accuracy", "accuracy", "entropy", "entropy_pos", "entropy_neg", "clip_frac_low",
+                "clip_frac_high", "approx_kl", "logprob_mismatch", "tokens_per_s", "step_time", "reward_errors"}
+    for row in rows[1:]:
+        assert expected <= set(row)
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+        assert row["logprob_mismatch"] < SYNC_TOLERANCE
+        assert row["reward_errors"] == row["reward_timeouts"] == row["reward_non_finite"] == 0
+        assert 0 < row["reward"] < 1 and row["grad_norm"] > 0
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert (tmp_path / "checkpoints" / "step_000004" / "model.safetensors").exists()
+
+    _, test_set = arithmetic_splits(seed=0, test_size=200)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "checkpoints" / "step_000004")
+    scores = evaluate(engine, tokenizer, test_set[:40], SafeReward(first_digit_reward), prompt_template="{prompt}",
+                      max_new_tokens=6, ks=(1, 4))
+    assert scores.accuracy == pytest.approx(result.final_accuracy)
+    assert 0 <= scores.pass_at_k[1] <= scores.pass_at_k[4] <= 1
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_resume_matches_an_uninterrupted_run(engine, tmp_path):
+    """Stop after step 2 (as if killed), resume: weights and metrics equal a run that never stopped."""
+    whole = TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path / "whole")})
+    train(whole, engine=engine)
+    cut = TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path / "cut")})
+    assert train(cut, engine=engine, stop_after=2).steps == 2
+    assert not (tmp_path / "cut" / "checkpoints" / "step_000004").exists()
+    train(TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path / "cut"), "resume": True}), engine=engine)
+
+    final = "checkpoints/step_000004"
+    a, b = _weights(tmp_path / "whole" / final), _weights(tmp_path / "cut" / final)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    rows_a, rows_b = ([{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+                       for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("whole", "cut"))
+    assert rows_a == rows_b
+    # the comparison is sharp: one more step moves the weights
+    assert any(not torch.equal(a[n], _weights(tmp_path / "whole" / "checkpoints/step_000002")[n]) for n in a)
+
+
+_calls = itertools.count()
+
+
+def flaky_reward(prompt: str, completion: str, answer: str) -> float:
+    """Raises, returns NaN or hangs on a fixed schedule of calls; otherwise the exact checker."""
+    n = next(_calls)
+    if n % 9 == 1:
+        raise RuntimeError("checker crashed")
+    if n % 9 == 2:
+        return float("nan")
+    if n % 40 == 3:
+        time.sleep(5)
+    return exact_match(prompt, completion, answer)
+
+
+def test_failing_reward_scores_zero_is_counted_and_the_run_goes_on(engine, tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "steps": 2, "eval_every": 0, "output_dir": str(tmp_path),
+                                    "reward": f"{__name__}:flaky_reward", "reward_timeout_s": 0.2})
+    result = train(config, engine=engine)
+    assert result.steps == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][1:]
+    assert all(r["reward_errors"] > 0 and r["reward_non_finite"] > 0 for r in rows)
+    assert sum(r["reward_timeouts"] for r in rows) >= 1
+    assert all(math.isfinite(r["reward"]) and math.isfinite(r["loss"]) for r in rows)
+
+
+def test_pass_at_k_estimator():
+    assert pass_at_k(8, 0, 4) == 0.0
+    assert pass_at_k(8, 8, 1) == 1.0
+    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 / 4) * (2 / 3))
