@@ -202,13 +202,25 @@ def _grpo_args(inputs: Inputs) -> tuple:
 # --------------------------------------------------------------------------- ours
 
 
-def _ours_logprob_entropy(backend: str):
+def _ours_logprob_entropy(backend: str, **options):
     def forward(inputs: Inputs, state: dict):
         from asymgrpo_kernels import fused_linear_logprob_entropy
 
-        return fused_linear_logprob_entropy(inputs.hidden, inputs.weight, inputs.targets, backend=backend)
+        return fused_linear_logprob_entropy(inputs.hidden, inputs.weight, inputs.targets, backend=backend, **options)
 
     return forward
+
+
+SMALL_WORKSPACE = 64 * 2**20
+
+
+def _ours_small_workspace() -> Adapter:
+    """The torch backend with a quarter of the default workspace: the memory / time trade-off (CPU)."""
+    return Adapter(
+        "ours_torch_ws64m", "logprob_entropy", "ours (torch backend, 64 MiB workspace)",
+        _ours_logprob_entropy("torch", workspace_bytes=SMALL_WORKSPACE), backend="torch",
+        needs=lambda device: None if device.type == "cpu" else "a CPU-only variant (the trade-off of the torch path)",
+    )
 
 
 def _ours_logprob(backend: str):
@@ -335,6 +347,7 @@ def adapters(task: str) -> list[Adapter]:
         return [
             Adapter("reference", task, "reference (eager, materialized)", _reference_logprob_entropy),
             _ours(task, "torch"),
+            _ours_small_workspace(),
             _ours(task, "triton"),
         ]
     if task == "asymgrpo_loss":

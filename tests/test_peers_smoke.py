@@ -7,7 +7,8 @@
 * cut_cross_entropy.linear_cross_entropy (impl="torch_compile" run eagerly on the CPU,
   impl="cce" on CUDA) for log p(target): its per-token loss is -log p.
 
-Tolerances: float32 throughout; loss and gradients to a normwise relative error of 1e-5.
+Tolerances: float32 throughout; loss and gradients to a normwise relative error of 1e-5
+(5e-3 for cut_cross_entropy on CUDA, whose Triton matmuls round float32 operands to TF32).
 A peer that is not installed is skipped with the reason.
 """
 
@@ -135,8 +136,10 @@ def test_logprobs_match_cut_cross_entropy():
     g = torch.randn(B, T, generator=torch.Generator().manual_seed(3))
 
     hidden, weight = _leaves(x)
+    tol = TOL
     if torch.cuda.is_available():
         nll = cce.linear_cross_entropy(hidden.cuda(), weight.cuda(), targets.cuda(), reduction="none", impl="cce").cpu()
+        tol = 5e-3  # CCE's Triton matmuls take float32 operands as TF32
     else:  # the same code run eagerly (no compile in CI) where torch can force that
         stance = getattr(torch.compiler, "set_stance", None)
         with stance("force_eager") if stance else contextlib.nullcontext():
@@ -146,6 +149,6 @@ def test_logprobs_match_cut_cross_entropy():
     hidden2, weight2 = _leaves(x)
     logp, _ = fused_linear_logprob_entropy(hidden2, weight2, targets, backend="torch")
     grads = torch.autograd.grad((logp * g).sum(), [hidden2, weight2])
-    assert _rel(logp.detach(), -nll.detach().float()) < TOL
-    assert _rel(grads[0], cce_grads[0]) < TOL
-    assert _rel(grads[1], cce_grads[1]) < TOL
+    assert _rel(logp.detach(), -nll.detach().float()) < tol
+    assert _rel(grads[0], cce_grads[0]) < tol
+    assert _rel(grads[1], cce_grads[1]) < tol
