@@ -48,7 +48,7 @@ LOSS = dict(clip_low=0.2, clip_high=0.28, kl_coef=0.0, entropy_coef=0.0, loss_ag
 def build_model(shape: dict, dtype: torch.dtype, device: torch.device):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(**shape, torch_dtype=dtype, attn_implementation="sdpa")
+    config = Qwen2Config(**shape, attn_implementation="sdpa")
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2ForCausalLM(config).to(dtype)
