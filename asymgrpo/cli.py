@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     config = TrainConfig.load(args.config, overrides)  # checked before anything heavy is imported
+    _quiet_libraries()
     from .trainer import train
 
     result = train(config)
@@ -82,6 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if dataset != EMBEDDED:
         values.update(dataset=dataset, eval_dataset=dataset, eval_split=args.split)
     config = TrainConfig.from_dict({**values, "model": str(args.checkpoint)})
+    _quiet_libraries()
 
     from transformers import AutoTokenizer
 
@@ -111,6 +114,14 @@ def run_eval(args: argparse.Namespace) -> int:
               **{f"pass@{k}": v for k, v in result.pass_at_k.items()}}
     print(json.dumps(report, indent=1))
     return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for the progress bar: vLLM logs warnings and errors only, no per-file bars."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _run_config(checkpoint: Path) -> dict:

@@ -86,7 +86,7 @@ class TrainConfig:
     max_grad_norm: float = _opt(1.0, "Gradient norm clip; 0 = off.")
     micro_batch_size: int = _opt(256, "Sequences per forward/backward; gradients accumulate over the step.")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory.")
-    dtype: str = _opt("auto", "Policy dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")
+    dtype: str = _opt("auto", "Compute dtype of the policy and of vLLM: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16. Parameters and AdamW state stay float32.")
     attn_implementation: str = _opt("auto", "auto (flash_attention_2 when installed on CUDA, else sdpa), eager, sdpa, flash_attention_2.")
     loss_backend: str = _opt("auto", "Fused-loss backend: auto, triton, torch, reference.")
 

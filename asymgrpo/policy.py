@@ -45,25 +45,34 @@ def load_policy(path: str, *, dtype: torch.dtype, attn_implementation: str, devi
     return model
 
 
-def last_hidden(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
+def last_hidden(model: PreTrainedModel, input_ids: torch.Tensor, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """[B, T] token ids -> [B, T, H] last hidden states of the backbone (no logits).
 
     Sequences are right-padded: causal attention keeps every real token away from the
-    padding after it, so no attention mask is needed.
+    padding after it, so no attention mask is needed. With a ``compute_dtype`` other than the
+    parameters' (float32 master weights, bfloat16 compute), the backbone runs under autocast
+    and the result is returned in ``compute_dtype``.
     """
-    return model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    if compute_dtype is None or compute_dtype == model.dtype:
+        return model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    with torch.autocast(input_ids.device.type, dtype=compute_dtype):
+        hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    return hidden.to(compute_dtype)
 
 
-def lm_head_weight(model: PreTrainedModel) -> torch.Tensor:
-    """[V, H] weight of the output projection."""
-    return model.get_output_embeddings().weight
+def lm_head_weight(model: PreTrainedModel, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[V, H] weight of the output projection, cast (differentiably) to ``compute_dtype`` if given."""
+    weight = model.get_output_embeddings().weight
+    return weight if compute_dtype is None else weight.to(compute_dtype)
 
 
 def sequence_logprobs(model: PreTrainedModel, input_ids: torch.Tensor, targets: torch.Tensor, *,
-                      temperature: float = 1.0, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                      temperature: float = 1.0, backend: str = "auto",
+                      compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each target token and the entropy at each position, both [B, T-1] float32.
 
     ``targets`` is [B, T-1] (input_ids shifted left); positions equal to -100 give 0.
     """
-    hidden = last_hidden(model, input_ids[:, :-1])
-    return fused_linear_logprob_entropy(hidden, lm_head_weight(model), targets, temperature=temperature, backend=backend)
+    hidden = last_hidden(model, input_ids[:, :-1], compute_dtype)
+    return fused_linear_logprob_entropy(hidden, lm_head_weight(model, compute_dtype), targets,
+                                        temperature=temperature, backend=backend)

@@ -71,9 +71,9 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
         base_path = Path(json.loads((out / "run.json").read_text())["base_model"])
     load_path = str(resume_from or base_path)
     tokenizer = AutoTokenizer.from_pretrained(load_path)
-    dtype = resolve_dtype(config.dtype)
+    dtype = resolve_dtype(config.dtype)  # compute dtype; parameters and optimizer state stay float32
     attn = resolve_attn_implementation(config.attn_implementation)
-    model = load_policy(load_path, dtype=dtype, attn_implementation=attn, device=device,
+    model = load_policy(load_path, dtype=torch.float32, attn_implementation=attn, device=device,
                         gradient_checkpointing=config.gradient_checkpointing)
     ref_model = None
     if config.kl_coef > 0:
@@ -129,15 +129,16 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
                      [c.logprobs for _, c in samples], pad_id=pad_id(tokenizer), device=device)
 
         # the policy's own log-probs of what vLLM sampled, before the update
-        old_logprobs, entropy = score_tokens(model, batch, config)
-        ref_logprobs = score_tokens(ref_model, batch, config)[0] if ref_model is not None else None
+        old_logprobs, entropy = score_tokens(model, batch, config, dtype)
+        ref_logprobs = score_tokens(ref_model, batch, config, dtype)[0] if ref_model is not None else None
         mismatch = ((old_logprobs - batch.vllm_logprobs).abs() * batch.mask)
         is_weights = None
         if config.tis_cap is not None:
             is_weights = torch.exp(old_logprobs - batch.vllm_logprobs).clamp(max=config.tis_cap) * batch.mask
 
         # one optimizer step over micro-batches; the loss is normalized over the whole step
-        loss_metrics = policy_update(model, optimizer, batch, advantages, old_logprobs, ref_logprobs, is_weights, config)
+        loss_metrics = policy_update(model, optimizer, batch, advantages, old_logprobs, ref_logprobs, is_weights,
+                                     config, dtype)
         engine.load_weights(model.state_dict().items())
 
         step_time = time.perf_counter() - t0
@@ -185,7 +186,8 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
 
 
 def policy_update(model, optimizer, batch: PackedBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor,
-                  ref_logprobs: torch.Tensor | None, is_weights: torch.Tensor | None, config: TrainConfig) -> dict:
+                  ref_logprobs: torch.Tensor | None, is_weights: torch.Tensor | None, config: TrainConfig,
+                  compute_dtype: torch.dtype) -> dict:
     """Accumulate the fused loss's gradients over micro-batches, clip, step. Returns the step's metrics.
 
     num_items is the whole step's token count (token-mean) or sequence count (seq-mean-*), so
@@ -202,9 +204,9 @@ def policy_update(model, optimizer, batch: PackedBatch, advantages: torch.Tensor
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[start:stop, :width]
 
-        hidden = last_hidden(model, micro.input_ids[:, :-1])
+        hidden = last_hidden(model, micro.input_ids[:, :-1], compute_dtype)
         loss, metrics = fused_linear_asymgrpo_loss(
-            hidden, lm_head_weight(model), micro.targets, micro.mask, advantages[start:stop],
+            hidden, lm_head_weight(model, compute_dtype), micro.targets, micro.mask, advantages[start:stop],
             old_logprobs=cut(old_logprobs), ref_logprobs=cut(ref_logprobs), is_weights=cut(is_weights),
             temperature=config.temperature, backend=config.loss_backend, clip_low=config.clip_low,
             clip_high=config.clip_high, dual_clip=config.dual_clip, kl_coef=config.kl_coef,
@@ -221,14 +223,15 @@ def policy_update(model, optimizer, batch: PackedBatch, advantages: torch.Tensor
 
 
 @torch.no_grad()
-def score_tokens(model, batch: PackedBatch, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def score_tokens(model, batch: PackedBatch, config: TrainConfig,
+                 compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, T-1] log-probs of the batch's targets and entropies under ``model`` (0 off the mask), micro-batched."""
     logprobs, entropy = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
     targets = torch.where(batch.mask > 0, batch.targets, -100)
     for start in range(0, len(batch), config.micro_batch_size):
         rows = slice(start, start + config.micro_batch_size)
         lp, ent = sequence_logprobs(model, batch.input_ids[rows], targets[rows], temperature=config.temperature,
-                                    backend=config.loss_backend)
+                                    backend=config.loss_backend, compute_dtype=compute_dtype)
         logprobs[rows], entropy[rows] = lp, ent
     return logprobs * batch.mask, entropy * batch.mask
 
