@@ -45,7 +45,7 @@ else
     unset TRITON_INTERPRET
     TEST_ARGS=()
     TRAIN_ARGS=()
-    : "${LIMIT_TESTS:=120}" "${LIMIT_KERNEL:=75}" "${LIMIT_LOSS:=50}" "${LIMIT_PEERS:=150}" "${LIMIT_TRAIN:=60}"
+    : "${LIMIT_TESTS:=110}" "${LIMIT_KERNEL:=70}" "${LIMIT_LOSS:=45}" "${LIMIT_PEERS:=150}" "${LIMIT_TRAIN:=60}"
 fi
 
 STATUS=()
@@ -53,7 +53,8 @@ step() { # step NAME LIMIT_SECONDS COMMAND...
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
     echo "=== [$name] $(date -u +%H:%M:%S) limit ${limit}s: $*"
-    timeout -k 10 "$limit" "$@"
+    # SIGINT first: pytest then stops cleanly and still writes its junit XML and summary.
+    timeout -s INT -k 15 "$limit" "$@"
     rc=$?
     echo "=== [$name] rc=$rc after $((SECONDS - start))s"
     STATUS+=("$name=$rc")
@@ -77,6 +78,7 @@ for dist in ("triton", "liger-kernel", "cut-cross-entropy", "transformers", "pyt
     except md.PackageNotFoundError:
         print(dist, "not installed")
 EOF
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 SLUG=$("$PY" -c "import torch; from benchmarks.results import device_slug; print(device_slug(torch.device('cuda' if torch.cuda.is_available() else 'cpu')))")
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
@@ -86,7 +88,7 @@ step bench_kernel "$LIMIT_KERNEL" "${PYTEST[@]}" benchmarks/test_bench_logprob_e
 step bench_loss "$LIMIT_LOSS" "${PYTEST[@]}" benchmarks/test_bench_loss.py "${BENCH[@]}"
 step bench_peers "$LIMIT_PEERS" "${PYTEST[@]}" benchmarks/test_bench_peers.py "${BENCH[@]}"
 step train_step "$LIMIT_TRAIN" "$PY" benchmarks/train_step.py "${TRAIN_ARGS[@]}" --out "$OUT_DIR/train_step-$SLUG.json"
-step summary 60 "$PY" benchmarks/plot.py "$OUT_DIR"/*.json --md "$OUT_DIR/summary.md" --no-png
+step summary 30 "$PY" benchmarks/plot.py "$OUT_DIR"/*.json --md "$OUT_DIR/summary.md" --no-png
 
 echo "=== steps: ${STATUS[*]}"
 ls -la "$OUT_DIR"

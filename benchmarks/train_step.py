@@ -117,24 +117,25 @@ def main(argv: list[str] | None = None) -> None:
     batch_size, seq = args.batch or (2 if args.dry_run else 8), args.seq or (16 if args.dry_run else 1024)
     model = build_model(shape, dtype, device)
     batch = make_batch(batch_size, seq, shape["vocab_size"], device)
-    rows = []
-    for path in ("fused", "materialized"):
-        try:
-            rows.append(measure(model, batch, path, device, args.warmup, args.steps))
-        except torch.OutOfMemoryError as exc:
-            rows.append({"path": path, "status": "oom", "reason": str(exc).splitlines()[0]})
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        print(json.dumps(rows[-1]))
     doc = {
         "kind": "train_step", "model": "Qwen2.5-1.5B shape" if not args.dry_run else "tiny Qwen2 (dry run)",
         "config": shape, "dtype": str(dtype).removeprefix("torch."), "batch": batch_size, "seq": seq,
         "warmup_steps": args.warmup, "timed_steps": args.steps, "loss_config": LOSS,
-        "meta": metadata(device, "dry-run" if args.dry_run else "gpu"), "rows": rows,
+        "meta": metadata(device, "dry-run" if args.dry_run else "gpu"), "rows": [],
     }
+    for path in ("fused", "materialized"):
+        try:
+            row = measure(model, batch, path, device, args.warmup, args.steps)
+        except torch.OutOfMemoryError as exc:
+            row = {"path": path, "status": "oom", "reason": str(exc).splitlines()[0]}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        doc["rows"].append(row)
+        print(json.dumps(row))
+        if args.out:  # after each path, so a run cut short keeps the first
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(doc, indent=1) + "\n")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.out}")
 
 
