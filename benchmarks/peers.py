@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -66,7 +66,6 @@ class Adapter:
     entropy: str = "yes"
     notes: str = ""
     backend: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def unavailable(self, device: torch.device) -> str | None:
         """None when the adapter can run on ``device``, else the reason it cannot."""
