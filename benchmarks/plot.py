@@ -114,7 +114,9 @@ def suite_plots(doc: dict, png_dir: Path, stem: str, mode: str = "fwd+bwd") -> l
         rows = [r for r in measured if r["task"] in (task, "floor")]
         slices = _slices(rows)
         if all(len({r[axis] for r in sl}) < 2 for axis, (_, sl) in slices.items()):
-            continue  # a single shape: the table says it all
+            paths += _shape_bars(doc, [r for r in doc["rows"] if r["status"] in ("ok", "mismatch")
+                                       and r["task"] in (task, "floor")], png_dir, f"{stem}-{task}", plt)
+            continue
         fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
         for col, (axis, (fixed, sl)) in enumerate(slices.items()):
             for label in sorted({r["label"] for r in sl}):
@@ -135,6 +137,37 @@ def suite_plots(doc: dict, png_dir: Path, stem: str, mode: str = "fwd+bwd") -> l
         fig.suptitle(f"{doc['suite']}: {task} ({mode}), {meta['device_name']}, {meta['date_utc']}")
         fig.tight_layout()
         path = png_dir / f"{stem}-{task}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _shape_bars(doc: dict, rows: list[dict], png_dir: Path, stem: str, plt) -> list[Path]:
+    """Bars of time and peak extra memory per implementation, for each shape of a suite."""
+    paths = []
+    for shape_id in sorted({r["shape_id"] for r in rows}):
+        at = [r for r in rows if r["shape_id"] == shape_id]
+        labels = list(dict.fromkeys(r["label"] for r in at))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 0.6 * len(labels) + 2.2))
+        for i, mode in enumerate(("fwd+bwd", "fwd")):
+            by_label = {r["label"]: r for r in at if r["mode"] == mode}
+            ys = [j + 0.4 * i for j in range(len(labels))]
+            times = [by_label[lb]["time_s"] * 1e3 if lb in by_label else 0 for lb in labels]
+            mems = [max(by_label[lb]["peak_extra_bytes"], 0) / MIB if lb in by_label and lb != "3-matmul floor" else 0
+                    for lb in labels]
+            axes[0].barh(ys, times, height=0.4, label=mode)
+            axes[1].barh(ys, mems, height=0.4, label=mode)
+        for ax, title in zip(axes, ("time (ms)", "peak extra memory (MiB)")):
+            ax.set_yticks([j + 0.2 for j in range(len(labels))], labels, fontsize=8)
+            ax.invert_yaxis()
+            ax.set_title(title)
+            ax.grid(True, axis="x", alpha=0.3)
+        axes[0].legend(fontsize=8)
+        meta = doc["meta"]
+        fig.suptitle(f"{doc['suite']} {shape_id}, {meta['device_name']}, {meta['date_utc']}", fontsize=10)
+        fig.tight_layout()
+        path = png_dir / f"{stem}-{shape_id}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         paths.append(path)
