@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 from .config import EMBEDDED, ConfigError, TrainConfig, config_fields
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE", help="YAML file of config keys (command-line options win)")
     for name, hint, default, help_text in config_fields():
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        type_name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]  # Optional[X] -> X
+        type_name = inner[0].__name__
         if hint is bool:
             train.add_argument(*flags, dest=name, nargs="?", const="true", default=argparse.SUPPRESS,
                                metavar="BOOL", help=f"{help_text} (default {default})")
@@ -117,8 +119,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for the progress bar: vLLM logs warnings and errors only, no per-file bars."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    """Keep the terminal for the progress bar: vLLM logs errors only, no per-file progress bars."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -46,7 +46,7 @@ class TrainConfig:
     eval_split: str = _opt("test", "Split name inside an eval datasets folder.")
     prompt_field: str = _opt("prompt", "Record field holding the prompt.")
     answer_field: str = _opt("answer", "Record field holding the reference answer.")
-    prompt_template: str = _opt("{prompt}", "Python format string applied to each prompt; {prompt} is the record's prompt.")
+    prompt_template: str = _opt("{prompt}", "Python format string applied to each prompt; {prompt} is the record's prompt, literal braces are doubled.")
     reward: str = _opt("auto", "'exact', 'math' (math-verify), a dotted path 'pkg.module:function', or 'auto' (exact on embedded, math otherwise).")
     reward_timeout_s: float = _opt(5.0, "Seconds one reward call may take; slower calls score 0 and are counted.")
     output_dir: str = _opt("runs/asymgrpo", "Where metrics.jsonl, curves.png and checkpoints/ go.")
@@ -181,6 +181,11 @@ class TrainConfig:
             raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)} or null; got {self.normalize!r}")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError(f"prompt_template must contain '{{prompt}}', got {self.prompt_template!r}")
+        try:
+            self.prompt_template.format(prompt="")
+        except (IndexError, KeyError, ValueError) as error:
+            raise ConfigError(f"prompt_template must be a format string whose only field is {{prompt}} "
+                              f"(write literal braces twice, e.g. \\boxed{{{{}}}}): {error!r}") from None
         if self.reward not in ("auto", "exact", "math") and ":" not in self.reward and "." not in self.reward:
             raise ConfigError(f"reward must be 'auto', 'exact', 'math' or a dotted path like 'pkg.module:function', got {self.reward!r}")
         if self.dataset != EMBEDDED and not (self.dataset.endswith(".jsonl") or Path(self.dataset).is_dir()):

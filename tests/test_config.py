@@ -46,6 +46,7 @@ def test_wrong_type_is_named(key, value, expected):
     ("loss_agg", "mean", "loss_agg must be one of"),
     ("normalize", "minmax", "normalize must be one of"),
     ("prompt_template", "Q: {question}", "prompt_template must contain"),
+    ("prompt_template", "{prompt} in \\boxed{}", "only field is"),
     ("dataset", "/nonexistent/data.jsonl", "does not exist"),
     ("embedded_test_size", 10_000, "embedded_test_size must be <"),
     ("reward", "nonsense", "reward must be"),

@@ -33,8 +33,10 @@ def _no_logits(model):
     return model
 
 
-def _grads_after_update(micro_batch_size, loss_agg):
+def _grads_after_update(micro_batch_size, loss_agg, checkpointing=False):
     model = _no_logits(_model())
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     batch = _batch()
     config = TrainConfig(micro_batch_size=micro_batch_size, loss_agg=loss_agg)
     advantages = torch.linspace(-1.5, 2.0, len(batch))
@@ -88,3 +90,10 @@ def test_merge_metrics_weights_by_tokens():
     assert merged["entropy_neg"] == pytest.approx(2.0)
     assert merged["approx_kl"] == pytest.approx((0.5 * 2 + 0.1 * 6) / 8)
     assert merged["ratio_max"] == pytest.approx(1.5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    plain, _ = _grads_after_update(4, "token-mean")
+    recomputed, _ = _grads_after_update(4, "token-mean", checkpointing=True)
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -84,13 +84,15 @@ def test_weight_sync_after_an_optimizer_step(engine, base_model):
 
 
 def test_end_to_end(engine, tmp_path):
-    config = TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path)})
+    """A few steps with every optional input of the loss on: reference-model KL and TIS weights."""
+    config = TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path), "kl_coef": 0.01, "tis_cap": 2.0})
     result = train(config, engine=engine)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and result.steps == 4
     assert rows[0]["accuracy"] == result.initial_accuracy and rows[-1]["accuracy"] == result.final_accuracy
     expected = {"reward", "train_accuracy", "accuracy", "entropy", "entropy_pos", "entropy_neg", "clip_frac_low",
-                "clip_frac_high", "approx_kl", "logprob_mismatch", "tokens_per_s", "step_time", "reward_errors"}
+                "clip_frac_high", "approx_kl", "ref_kl", "logprob_mismatch", "tokens_per_s", "step_time",
+                "reward_errors"}
     for row in rows[1:]:
         assert expected <= set(row)
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
