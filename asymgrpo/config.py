@@ -75,12 +75,13 @@ class TrainConfig:
     tis_cap: Optional[float] = _opt(None, "Truncated importance sampling: weight tokens by min(p_trainer / p_vllm, cap); None = off.")
 
     # --- rollouts and optimisation ------------------------------------------------------
-    steps: int = _opt(40, "Optimizer steps (one rollout batch each).")
-    prompts_per_step: int = _opt(32, "Prompts per step.")
+    steps: int = _opt(40, "Training steps: each samples one rollout batch and takes updates_per_step optimizer steps on it.")
+    prompts_per_step: int = _opt(32, "Prompts per training step (each sampled group_size times).")
     group_size: int = _opt(8, "Completions sampled per prompt (G).")
     max_new_tokens: int = _opt(6, "Longest completion, in tokens.")
     temperature: float = _opt(1.0, "Sampling temperature (the loss uses the same one).")
     top_p: float = _opt(1.0, "Nucleus sampling threshold.")
+    updates_per_step: int = _opt(2, "Optimizer steps per rollout batch, each on 1/this of the prompts' groups (PPO-style mini-batches).")
     lr: float = _opt(1e-4, "AdamW learning rate of the policy.")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = _opt(1.0, "Gradient norm clip; 0 = off.")
@@ -154,6 +155,9 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.clip_low >= 1:
             raise ConfigError(f"clip_low must be < 1 (the ratio is clipped to [1 - clip_low, 1 + clip_high]), got {self.clip_low}")
+        if self.updates_per_step <= 0 or self.prompts_per_step % self.updates_per_step:
+            raise ConfigError(f"updates_per_step must be > 0 and divide prompts_per_step={self.prompts_per_step}, "
+                              f"got {self.updates_per_step}")
         if self.group_size < 2:
             raise ConfigError(f"group_size must be >= 2 (advantages compare completions of one prompt), got {self.group_size}")
         if not 0 < self.top_p <= 1:

@@ -136,9 +136,20 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
         if config.tis_cap is not None:
             is_weights = torch.exp(old_logprobs - batch.vllm_logprobs).clamp(max=config.tis_cap) * batch.mask
 
-        # one optimizer step over micro-batches; the loss is normalized over the whole step
-        loss_metrics = policy_update(model, optimizer, batch, advantages, old_logprobs, ref_logprobs, is_weights,
-                                     config, dtype)
+        # updates_per_step optimizer steps, each on its own slice of whole groups (PPO-style mini-batches);
+        # from the second on, the policy has moved away from the sampling one and the ratio clip acts
+        rows_per_update = len(batch) // config.updates_per_step
+        updates = []
+        for first in range(0, len(batch), rows_per_update):
+            rows = slice(first, first + rows_per_update)
+            part = batch.slice(rows.start, rows.stop)
+
+            def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+                return None if t is None else t[rows, : part.mask.shape[1]]
+
+            updates.append(policy_update(model, optimizer, part, advantages[rows], cut(old_logprobs),
+                                         cut(ref_logprobs), cut(is_weights), config, dtype))
+        loss_metrics = merge_metrics(updates)
         engine.load_weights(model.state_dict().items())
 
         step_time = time.perf_counter() - t0
@@ -188,7 +199,9 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
 def policy_update(model, optimizer, batch: PackedBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor,
                   ref_logprobs: torch.Tensor | None, is_weights: torch.Tensor | None, config: TrainConfig,
                   compute_dtype: torch.dtype) -> dict:
-    """Accumulate the fused loss's gradients over micro-batches, clip, step. Returns the step's metrics.
+    """One optimizer step on ``batch``: accumulate the fused loss's gradients over micro-batches, clip, step.
+
+    Returns the step's metrics (floats).
 
     num_items is the whole step's token count (token-mean) or sequence count (seq-mean-*), so
     the accumulated gradient equals that of one big batch.
@@ -237,7 +250,7 @@ def score_tokens(model, batch: PackedBatch, config: TrainConfig,
 
 
 def merge_metrics(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Token-weighted means of per-micro-batch metrics (channel entropies by their channel's tokens)."""
+    """Token-weighted means of per-micro-batch (or per-update) metrics; channel entropies by their channel's tokens."""
     weights = {"entropy_pos": "tokens_pos", "entropy_neg": "tokens_neg"}
     merged: dict[str, float] = {}
     for key in parts[0]:

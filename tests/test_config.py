@@ -37,6 +37,7 @@ def test_wrong_type_is_named(key, value, expected):
 
 @pytest.mark.parametrize("key, value, expected", [
     ("group_size", 1, "group_size must be >= 2"),
+    ("updates_per_step", 3, "updates_per_step must be > 0 and divide prompts_per_step=32"),
     ("steps", 0, "steps must be > 0"),
     ("lr", -1e-4, "lr must be > 0"),
     ("clip_low", 1.0, "clip_low must be < 1"),

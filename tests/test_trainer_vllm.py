@@ -99,6 +99,7 @@ def test_end_to_end(engine, tmp_path):
         assert row["logprob_mismatch"] < SYNC_TOLERANCE
         assert row["reward_errors"] == row["reward_timeouts"] == row["reward_non_finite"] == 0
         assert 0 < row["reward"] < 1 and row["grad_norm"] > 0
+        assert row["approx_kl"] > 0  # the second update of each step is off-policy (updates_per_step=2)
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert (tmp_path / "checkpoints" / "step_000004" / "model.safetensors").exists()
 
