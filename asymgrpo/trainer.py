@@ -297,9 +297,10 @@ def initial_model(config: TrainConfig, train_set: list[Example], out: Path) -> P
         from .demo.warmup import build_embedded_checkpoint
 
         base = build_embedded_checkpoint(checkpoint_dir(out) / "warmup", train_set, steps=config.warmup_steps,
-                                         lr=config.warmup_lr, batch_size=config.warmup_batch_size, seed=config.seed)
+                                         lr=config.warmup_lr, batch_size=config.warmup_batch_size,
+                                         seed=config.seed).resolve()
     else:
-        base = Path(config.model) if Path(config.model).exists() else config.model
+        base = Path(config.model).resolve() if Path(config.model).exists() else config.model
     (out / "run.json").write_text(json.dumps({"base_model": str(base), "config": config.to_dict()}, indent=1))
     return base
 
