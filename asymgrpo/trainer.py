@@ -323,11 +323,14 @@ def prompt_indices(num_examples: int, per_step: int, step: int, seed: int) -> li
     A pure function of its arguments, so a resumed run sees the same data order.
     """
     first = (step - 1) * per_step
+    orders: dict[int, list[int]] = {}
     indices = []
     for position in range(first, first + per_step):
         epoch, offset = divmod(position, num_examples)
-        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        indices.append(int(order[offset]))
+        if epoch not in orders:
+            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            orders[epoch] = torch.randperm(num_examples, generator=generator).tolist()
+        indices.append(orders[epoch][offset])
     return indices
 
 
