@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import typing
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", default=None,
                           help="'embedded', a .jsonl file or a datasets folder (default: the run's eval data, else embedded)")
     evaluate.add_argument("--split", default="test", help="split inside a datasets folder (default test)")
+    evaluate.add_argument("--prompt-field", default=None, help="record field of the prompt (default: the run's, else prompt)")
+    evaluate.add_argument("--answer-field", default=None, help="record field of the answer (default: the run's, else answer)")
     evaluate.add_argument("--num-prompts", type=int, default=500, help="evaluate the first N prompts (default 500)")
     evaluate.add_argument("--k", type=int, nargs="*", default=[1, 4, 8], help="pass@k values (default 1 4 8)")
     evaluate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for pass@k (default 1.0)")
@@ -80,8 +83,9 @@ def run_eval(args: argparse.Namespace) -> int:
     keys = ("seed", "embedded_test_size", "embedded_max_operand", "prompt_template", "prompt_field", "answer_field",
             "reward", "reward_timeout_s", "max_new_tokens")
     values = {key: run[key] for key in keys if key in run}
-    if args.max_new_tokens is not None:
-        values["max_new_tokens"] = args.max_new_tokens
+    for key in ("max_new_tokens", "prompt_field", "answer_field"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
     dataset = args.dataset or run.get("eval_dataset") or EMBEDDED
     if dataset != EMBEDDED:
         values.update(dataset=dataset, eval_dataset=dataset, eval_split=args.split)
@@ -119,8 +123,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for the progress bar: vLLM logs errors only, no per-file progress bars."""
+    """Keep the terminal for the progress bar: vLLM logs errors only, no per-file progress bars.
+
+    math-verify warns once that its own timeouts are off: SafeReward enforces the time limit instead.
+    """
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
