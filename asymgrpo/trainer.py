@@ -33,7 +33,7 @@ from .policy import last_hidden, lm_head_weight, load_policy, resolve_attn_imple
 from .rewards import SafeReward, resolve_reward
 from .rollout import RolloutEngine
 
-TIMING_KEYS = ("step_time", "rollout_time", "tokens_per_s")
+TIMING_KEYS = ("step_time", "rollout_time", "tokens_per_s")  # metrics that depend on the wall clock, not on the run
 
 
 @dataclass(frozen=True)
