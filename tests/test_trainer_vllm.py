@@ -22,6 +22,7 @@ from asymgrpo.rewards import SafeReward, exact_match
 from asymgrpo.trainer import TIMING_KEYS, train
 
 pytestmark = pytest.mark.slow
+pytest.importorskip("vllm", reason="vLLM is not installed (the cpu or gpu extra installs it)")
 
 # vLLM's sampled-token log-probs against the trainer's fused ones, same float32 weights:
 # measured ~1e-7 mean, a few 1e-6 max; stale weights differ by ~1e-2 and more.
