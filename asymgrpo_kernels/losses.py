@@ -20,9 +20,11 @@ from .presets import preset_kwargs
 from .validate import (
     NORMALIZE_MODES,
     check_choice,
+    check_integer_dtype,
     check_nonnegative_finite,
     check_policy_loss_options,
     check_positive_finite,
+    check_scored_targets,
     check_tensor,
 )
 
@@ -104,19 +106,13 @@ def fused_linear_asymgrpo_loss(
 
 def _ignore_masked(targets: torch.Tensor, valid: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
     """targets with IGNORE_INDEX where mask == 0; scored targets must lie in [0, V)."""
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise TypeError(f"targets must be an integer tensor (int64), got {targets.dtype}")
+    check_integer_dtype(targets, "targets")
     if targets.shape != valid.shape:
         raise ValueError(f"targets must have shape [B, T] = {list(valid.shape)}, got {list(targets.shape)}")
     if targets.device != valid.device:
         raise ValueError(f"targets must be on {valid.device} like hidden, got {targets.device}")
-    if vocab_size is not None and targets.numel():
-        bad = valid & ((targets < 0) | (targets >= vocab_size))
-        if bool(bad.any()):
-            raise ValueError(
-                f"targets must lie in [0, {vocab_size}) where mask == 1; found {targets[bad][0].item()} "
-                f"({int(bad.sum())} such positions)"
-            )
+    if vocab_size is not None:
+        check_scored_targets(targets, valid, vocab_size, "where mask == 1")
     return torch.where(valid, targets.long(), IGNORE_INDEX)
 
 

@@ -54,17 +54,26 @@ def check_choice(value, name: str, choices: Iterable[str]) -> str:
     return value
 
 
-def check_targets_in_range(targets: torch.Tensor, vocab_size: int, ignore_index: int, name: str = "targets") -> torch.Tensor:
+def check_integer_dtype(tensor: torch.Tensor, name: str) -> None:
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (int64), got {tensor.dtype}")
+
+
+def check_scored_targets(targets: torch.Tensor, scored: torch.Tensor, vocab_size: int, where: str) -> None:
+    """Raise if a target at a scored position (``scored`` bool, targets' shape) is outside [0, V)."""
+    if targets.numel():
+        bad = scored & ((targets < 0) | (targets >= vocab_size))
+        if bool(bad.any()):
+            raise ValueError(
+                f"targets must lie in [0, {vocab_size}) {where}; "
+                f"found {targets[bad].flatten()[0].item()} ({int(bad.sum())} such positions)"
+            )
+
+
+def check_targets_in_range(targets: torch.Tensor, vocab_size: int, ignore_index: int) -> torch.Tensor:
     """Return the boolean mask of positions to score; raise if a scored target is outside [0, V)."""
     valid = targets != ignore_index
-    if targets.numel():
-        bad = valid & ((targets < 0) | (targets >= vocab_size))
-        if bool(bad.any()):
-            first = targets[bad].flatten()[0].item()
-            raise ValueError(
-                f"{name} must lie in [0, {vocab_size}) or equal ignore_index={ignore_index}; "
-                f"found {first} ({int(bad.sum())} such positions)"
-            )
+    check_scored_targets(targets, valid, vocab_size, f"or equal ignore_index={ignore_index}")
     return valid
 
 
@@ -99,8 +108,7 @@ def check_logprob_entropy_inputs(
             raise TypeError(f"bias must have the dtype of hidden ({hidden.dtype}), got {bias.dtype}")
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"bias must have shape [V] = [{weight.shape[0]}], got {tuple(bias.shape)}")
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise TypeError(f"targets must be an integer tensor (int64), got {targets.dtype}")
+    check_integer_dtype(targets, "targets")
     if targets.shape != hidden.shape[:-1]:
         raise ValueError(
             f"targets must have shape hidden.shape[:-1] = {tuple(hidden.shape[:-1])}, got {tuple(targets.shape)}"
@@ -162,8 +170,7 @@ def check_group_inputs(rewards, group_ids, group_size) -> int | None:
             raise ValueError(f"group_size must divide B = {rewards.shape[0]}, got {group_size}")
         return group_size
     check_tensor(group_ids, "group_ids")
-    if group_ids.dtype.is_floating_point or group_ids.dtype.is_complex or group_ids.dtype == torch.bool:
-        raise TypeError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
+    check_integer_dtype(group_ids, "group_ids")
     if group_ids.shape != rewards.shape:
         raise ValueError(f"group_ids must have the shape of rewards [B] = {tuple(rewards.shape)}, got {tuple(group_ids.shape)}")
     check_same_device(rewards=rewards, group_ids=group_ids)
