@@ -299,7 +299,7 @@ def asym_policy_loss(
     weights = token_weights(valid, options["loss_agg"], options["max_len"], options["num_items"], compute_dtype)
     loss = (token_loss.reshape(shape) * weights).sum()
     with torch.no_grad():
-        metrics = _metrics(valid, adv, logprobs, old_logprobs, ratio.reshape(shape), kl.reshape(shape),
+        metrics = loss_metrics(valid, adv, logprobs, old_logprobs, ratio.reshape(shape), kl.reshape(shape),
                            clipped.reshape(shape), entropy, ref_logprobs is not None, dual_clip is not None)
     return loss, metrics
 
@@ -310,7 +310,7 @@ def _masked_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return (total / count.clamp(min=1)).float()
 
 
-def _metrics(valid, adv, logprobs, old_logprobs, ratio, kl, clipped, entropy, has_ref, has_dual) -> dict[str, torch.Tensor]:
+def loss_metrics(valid, adv, logprobs, old_logprobs, ratio, kl, clipped, entropy, has_ref, has_dual) -> dict[str, torch.Tensor]:
     tokens = valid.sum()
     metrics = {
         "tokens": tokens.float(),

@@ -220,3 +220,50 @@ def test_bad_input_raises_before_any_kernel(monkeypatch, override, error, match)
     with pytest.raises(error, match=match):
         fused_linear_asymgrpo_loss(**args)
     assert not launched, "the kernel core ran before the bad argument was caught"
+
+
+@pytest.mark.parametrize("old", ["on-policy", "given"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_single_pass_torch_path_equals_the_two_pass_composition(old, dtype):
+    """With gradients wanted, the torch backend forms each chunk's gradients in the forward pass
+    (three LM-head matmuls). It must equal fused_linear_logprob_entropy -> asym_policy_loss,
+    also under a scaled upstream gradient and with several chunks."""
+    from asymgrpo_kernels import asym_policy_loss, fused_linear_logprob_entropy
+
+    gen = torch.Generator().manual_seed(7)
+    b, t, h, v = 3, 9, 16, 130
+    hidden = torch.randn(b, t, h, generator=gen).to(dtype)
+    weight = (torch.randn(v, h, generator=gen) / 4).to(dtype)
+    bias = torch.randn(v, generator=gen).to(dtype)
+    targets = torch.randint(0, v, (b, t), generator=gen)
+    mask = (torch.rand(b, t, generator=gen) > 0.3).long()
+    adv = torch.randn(b, generator=gen)
+    old_logprobs = None if old == "on-policy" else -4 * torch.rand(b, t, generator=gen)
+    kw = dict(entropy_coef=0.02, clip_high=0.28, loss_agg="seq-mean-token-mean")
+    small_workspace = v * 4 * 4 * 2  # two rows per chunk
+
+    leaves = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+    loss, metrics = fused_linear_asymgrpo_loss(
+        leaves[0], leaves[1], targets, mask, adv, old_logprobs=old_logprobs, bias=leaves[2], temperature=0.8,
+        backend="torch", workspace_bytes=small_workspace, **kw,
+    )
+    (3.0 * loss).backward()
+
+    twin = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+    logp, ent = fused_linear_logprob_entropy(
+        twin[0], twin[1], torch.where(mask.bool(), targets, -100), bias=twin[2], temperature=0.8, backend="torch",
+        workspace_bytes=small_workspace,
+    )
+    loss2, metrics2 = asym_policy_loss(logp, old_logprobs, adv, mask, entropy=ent, backend="torch", **kw)
+    (3.0 * loss2).backward()
+
+    torch.testing.assert_close(loss, loss2, rtol=1e-6, atol=1e-6)
+    for name in metrics2:
+        torch.testing.assert_close(metrics[name], metrics2[name], rtol=1e-6, atol=1e-6, msg=name)
+    # bf16 gradients round where the two paths apply the upstream scale (before / after the
+    # matmul): a few bf16 ulps of the gradient's scale
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, c in zip(leaves, twin):
+        scale = c.grad.float().abs().max().item()
+        assert scale > 0
+        torch.testing.assert_close(a.grad.float(), c.grad.float(), rtol=0, atol=tol * scale)
