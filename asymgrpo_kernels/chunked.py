@@ -54,30 +54,33 @@ def _tempered_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 class _ChunkStats:
-    """One chunk's shifted logits d [rows, V], exp(d) [rows, V] and per-row statistics."""
+    """One chunk's shifted logits d [rows, V], exp(d) [rows, V] and per-row statistics.
 
-    def __init__(self, h, weight, bias, temperature: float, targets: torch.Tensor):
-        self.shifted = _tempered_logits(h, weight, bias, temperature)
-        row_max = self.shifted.amax(dim=1)
-        self.shifted.sub_(row_max[:, None])
-        self.exps = torch.exp(self.shifted)
-        self.log_sum = self.exps.sum(dim=1).log_()
-        weighted = torch.einsum("nv,nv->n", self.exps, self.shifted)
-        self.entropy = self.log_sum - weighted / self.log_sum.exp()
-        self.lse = row_max + self.log_sum
+    ``exact`` builds them from the logits (shift: the row max; also gives lse and log-probs),
+    ``recomputed`` from the saved lse and entropy (shift: the lse, so S = 1).
+    """
+
+    def __init__(self, shifted: torch.Tensor, log_sum: torch.Tensor, entropy: torch.Tensor, targets: torch.Tensor):
+        self.shifted, self.log_sum, self.entropy = shifted, log_sum, entropy
+        self.exps = torch.exp(shifted)
         self.target = targets.clamp(min=0)[:, None]
-        self.logprobs = self.shifted.gather(1, self.target).squeeze(1) - self.log_sum
+
+    @classmethod
+    def exact(cls, h, weight, bias, temperature: float, targets: torch.Tensor) -> "_ChunkStats":
+        shifted = _tempered_logits(h, weight, bias, temperature)
+        row_max = shifted.amax(dim=1)
+        stats = cls(shifted.sub_(row_max[:, None]), None, None, targets)
+        stats.log_sum = stats.exps.sum(dim=1).log_()
+        weighted = torch.einsum("nv,nv->n", stats.exps, stats.shifted)
+        stats.entropy = stats.log_sum - weighted / stats.log_sum.exp()
+        stats.lse = row_max + stats.log_sum
+        stats.logprobs = stats.shifted.gather(1, stats.target).squeeze(1) - stats.log_sum
+        return stats
 
     @classmethod
     def recomputed(cls, h, weight, bias, temperature: float, targets, lse, entropy) -> "_ChunkStats":
-        """The same buffers from saved lse and entropy, shifted by the lse (so S = 1)."""
-        stats = cls.__new__(cls)
-        stats.shifted = _tempered_logits(h, weight, bias, temperature).sub_(lse[:, None])
-        stats.exps = torch.exp(stats.shifted)
-        stats.log_sum = torch.zeros_like(lse)
-        stats.entropy = entropy
-        stats.target = targets.clamp(min=0)[:, None]
-        return stats
+        shifted = _tempered_logits(h, weight, bias, temperature).sub_(lse[:, None])
+        return cls(shifted, torch.zeros_like(lse), entropy, targets)
 
     def dlogits(self, grad_logprobs: torch.Tensor, grad_entropy: torch.Tensor, temperature: float) -> torch.Tensor:
         """d loss / d logits [rows, V] float32, written over this chunk's buffers."""
@@ -134,7 +137,7 @@ def forward(
     rows = rows_per_chunk(weight.shape[0], workspace_bytes)
     for start in range(0, n_tokens, rows):
         stop = min(start + rows, n_tokens)
-        stats = _ChunkStats(hidden[start:stop], weight, bias, temperature, targets[start:stop])
+        stats = _ChunkStats.exact(hidden[start:stop], weight, bias, temperature, targets[start:stop])
         logprobs[start:stop], entropy[start:stop], lse[start:stop] = stats.logprobs, stats.entropy, stats.lse
     return logprobs, entropy, lse
 
@@ -189,7 +192,7 @@ def forward_with_grads(
     rows = rows_per_chunk(weight.shape[0], workspace_bytes)
     for start in range(0, n_tokens, rows):
         stop = min(start + rows, n_tokens)
-        stats = _ChunkStats(hidden[start:stop], weight, bias, temperature, targets[start:stop])
+        stats = _ChunkStats.exact(hidden[start:stop], weight, bias, temperature, targets[start:stop])
         logprobs[start:stop], entropy[start:stop] = stats.logprobs, stats.entropy
         grad_logprobs, grad_entropy = upstream(start, stop, stats.logprobs, stats.entropy)
         grads.add(start, stop, stats.dlogits(grad_logprobs, grad_entropy, temperature))
