@@ -1,4 +1,4 @@
-"""group_advantages: asymmetric group-normalized advantages (ALGORITHM.md section 2).
+"""group_advantages: asymmetric group-normalized advantages (docs/algorithm.md §2).
 
 Per group g of rewards r_i:
 
@@ -27,16 +27,22 @@ the same formula.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from .dispatch import resolve_backend
-from .validate import (
-    BACKENDS,
-    NORMALIZE_MODES,
-    check_choice,
-    check_group_inputs,
-    check_nonnegative_finite,
-)
+from .dispatch import get_backend
+from .options import AdvantageKeywords, AdvantageOptions, Unpack
+from .validate import check_group_inputs, host_values
+
+
+class Segments(NamedTuple):
+    """The groups of a batch: inverse [B] int64 (dense group index in [0, K)), counts [K] int64,
+    and the largest group's size."""
+
+    inverse: torch.Tensor
+    counts: torch.Tensor
+    largest: int
 
 
 def group_advantages(
@@ -44,12 +50,9 @@ def group_advantages(
     group_ids: torch.Tensor | None = None,
     *,
     group_size: int | None = None,
-    beta_pos: float = 0.9,
-    beta_neg: float = 0.4,
-    normalize: str = "std",
-    unbiased_std: bool = False,
-    eps: float = 1e-6,
     backend: str = "auto",
+    options: AdvantageOptions | None = None,
+    **advantage_options: Unpack[AdvantageKeywords],
 ) -> torch.Tensor:
     """Asymmetric group advantages, one per completion.
 
@@ -58,65 +61,46 @@ def group_advantages(
         group_ids: [B] integer labels, any order, groups of any size. Or pass ``group_size``.
         group_size: G, for B = (number of prompts) * G contiguous completions. Exactly one of
             ``group_ids`` and ``group_size`` must be given.
-        beta_pos, beta_neg: exponents (>= 0) of the positive and negative channel; 0.5 and
-            0.5 is GRPO, 0 and 0 is +1 / -1.
-        normalize: "std" (divide by the group's std) or "none" (only subtract the mean).
-        unbiased_std: False for the population std (exact closed forms), True for the
-            Bessel-corrected std plus eps (TRL / verl); see the module docstring.
-        eps: >= 0; how it enters depends on ``unbiased_std`` (module docstring).
         backend: "auto" (triton on CUDA, torch elsewhere), "triton" or "torch"
             ("reference" is accepted and means torch).
+        options: an ``AdvantageOptions`` (default: ``AdvantageOptions()``, AsymGRPO's 0.9 / 0.4).
+        **advantage_options: its fields as keywords, replacing those of ``options``:
+            ``beta_pos`` (0.9) and ``beta_neg`` (0.4), the exponents (>= 0) of the positive and
+            negative channel (0.5 / 0.5 is GRPO, 0 / 0 is +1 / -1); ``normalize`` ("std" or
+            "none"); ``unbiased_std`` (False: max(population std, eps); True: Bessel std + eps,
+            the TRL / verl convention); ``eps`` (1e-6). See the module docstring.
 
     Returns:
         [B] float32 advantages, not differentiable (rewards are data).
     """
     group_size = check_group_inputs(rewards, group_ids, group_size)
-    beta_pos = check_nonnegative_finite(beta_pos, "beta_pos")
-    beta_neg = check_nonnegative_finite(beta_neg, "beta_neg")
-    eps = check_nonnegative_finite(eps, "eps")
-    check_choice(normalize, "normalize", NORMALIZE_MODES)
-    if not isinstance(unbiased_std, bool):
-        raise TypeError(f"unbiased_std must be a bool, got {type(unbiased_std).__name__}")
-    backend = resolve_backend(check_choice(backend, "backend", BACKENDS), rewards.device)
-
+    options = AdvantageOptions.build(options, advantage_options)
+    chosen = get_backend(backend, rewards.device)
     rewards = rewards.detach()
-    inverse, counts = _segments(rewards, group_ids, group_size)
-    _check_finite(rewards, inverse, group_ids)
-    options = dict(beta_pos=beta_pos, beta_neg=beta_neg, std=normalize == "std", unbiased=unbiased_std, eps=eps)
     if rewards.numel() == 0:
         return torch.zeros(0, dtype=torch.float32, device=rewards.device)
-    if backend == "triton":
-        from .triton.advantages import group_advantages_triton
-
-        order = torch.argsort(inverse, stable=True)
-        offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=rewards.device)
-        torch.cumsum(counts, 0, out=offsets[1:])
-        return group_advantages_triton(rewards, order, offsets, **options)
-    return _group_advantages_torch(rewards, inverse, counts, **options)
+    segments = _segments(rewards, group_ids, group_size)
+    return chosen.group_advantages(rewards, segments, options)
 
 
-def _segments(
-    rewards: torch.Tensor, group_ids: torch.Tensor | None, group_size: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inverse [B] int64 dense group index in [0, K), counts [K] int64)."""
+def _segments(rewards: torch.Tensor, group_ids: torch.Tensor | None, group_size: int | None) -> Segments:
+    """The batch's groups; raises ValueError naming the group of a non-finite reward (one host sync)."""
     batch = rewards.shape[0]
     if group_size is not None:
         inverse = torch.arange(batch, device=rewards.device) // group_size
         counts = torch.full((batch // group_size,), group_size, dtype=torch.int64, device=rewards.device)
-        return inverse, counts
-    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    return inverse, counts
-
-
-def _check_finite(rewards: torch.Tensor, inverse: torch.Tensor, group_ids: torch.Tensor | None) -> None:
+    else:
+        _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
     bad = ~torch.isfinite(rewards)
-    if rewards.numel() and bool(bad.any()):
+    n_bad, largest = host_values(bad.sum(), counts.max())
+    if n_bad:
         index = int(bad.nonzero()[0, 0])
         group = f"group_ids={int(group_ids[index])}" if group_ids is not None else f"group {int(inverse[index])}"
         raise ValueError(
             f"rewards must be finite; {group} has {rewards[index].item()} at index {index} "
-            f"({int(bad.sum())} non-finite rewards in all)"
+            f"({int(n_bad)} non-finite rewards in all)"
         )
+    return Segments(inverse, counts, int(largest))
 
 
 def modulate(z: torch.Tensor, beta_pos: float, beta_neg: float) -> torch.Tensor:
@@ -129,17 +113,9 @@ def modulate(z: torch.Tensor, beta_pos: float, beta_neg: float) -> torch.Tensor:
     return torch.where(z == 0, torch.zeros_like(z), torch.copysign(powered, z))
 
 
-def _group_advantages_torch(
-    rewards: torch.Tensor,
-    inverse: torch.Tensor,
-    counts: torch.Tensor,
-    *,
-    beta_pos: float,
-    beta_neg: float,
-    std: bool,
-    unbiased: bool,
-    eps: float,
-) -> torch.Tensor:
+def group_advantages_torch(rewards: torch.Tensor, segments: Segments, options: AdvantageOptions) -> torch.Tensor:
+    """The torch path: float64 group statistics by index_add / scatter_reduce, float32 power."""
+    inverse, counts = segments.inverse, segments.counts
     n_groups = counts.numel()
     r = rewards.double()
     n = counts.double()
@@ -148,14 +124,14 @@ def _group_advantages_torch(
     lo = torch.full_like(mean, float("inf")).scatter_reduce_(0, inverse, r, "amin")
     hi = torch.full_like(mean, float("-inf")).scatter_reduce_(0, inverse, r, "amax")
     silent = (counts == 1) | (lo == hi)
-    if std:
+    if options.normalize == "std":
         ssq = torch.zeros_like(mean).index_add_(0, inverse, dev * dev)
-        if unbiased:
-            denom = torch.sqrt(ssq / (n - 1).clamp(min=1)) + eps
+        if options.unbiased_std:
+            denom = torch.sqrt(ssq / (n - 1).clamp(min=1)) + options.eps
         else:
-            denom = torch.sqrt(ssq / n).clamp(min=eps)
+            denom = torch.sqrt(ssq / n).clamp(min=options.eps)
         z = dev / torch.where(silent, torch.ones_like(denom), denom)[inverse]
     else:
         z = dev
     z = torch.where(silent[inverse], torch.zeros_like(z), z)
-    return modulate(z, beta_pos, beta_neg)
+    return modulate(z, options.beta_pos, options.beta_neg)

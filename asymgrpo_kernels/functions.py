@@ -1,4 +1,14 @@
-"""torch.autograd.Function glue: runs a backend's passes and saves what backward needs."""
+"""The autograd Functions, all in one place: each runs a backend's passes and saves what backward needs.
+
+* ``LinearLogprobEntropy``: LM head -> log-probs and entropies of the scored rows (kernel core).
+* ``PolicyLoss``: log-probs and entropies -> the aggregated AsymGRPO loss (per-token terms).
+* ``SinglePassLoss``: LM head -> the aggregated loss in one pass over the vocabulary (torch path).
+
+Every backward runs with autocast off, as every forward does (the public functions disable it):
+the math is float32 whatever the caller's autocast state when it calls ``backward()``.
+Saved tensors go through ``save_for_backward``, so a graph can be differentiated twice with
+``retain_graph=True``.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +16,99 @@ from types import ModuleType
 
 import torch
 
+from .lm_head import LMHead
+from .token_terms import PolicyTokens, TokenTermsFn
+
+
+def _no_autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, enabled=False)
+
 
 class LinearLogprobEntropy(torch.autograd.Function):
-    """(hidden [N, H], weight [V, H], bias [V] | None) -> (logprobs [N], entropy [N]), float32.
+    """(hidden [N, H], weight [V, H], bias [V] | None) -> (logprobs [n], entropy [n]), float32.
 
-    ``backend`` is a module with ``forward`` and ``backward`` of the signatures in
-    ``asymgrpo_kernels.chunked``; ``targets`` is int64 [N] with ignored rows set to -1.
-    Saved for backward: the inputs (no copies) and the float32 [N] lse and entropy.
+    ``kernels`` is a module with ``forward(LMHead)`` and ``backward(LMHead, ...)`` (``chunked``
+    or ``triton.logprob_entropy``); rows [n] int64 are the hidden rows scored and targets [n]
+    their targets. Saved for backward: the inputs (no copies) and the float32 [n] lse and entropy.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature: float, backend: ModuleType, workspace_bytes: int):
-        valid = targets >= 0
-        logprobs, entropy, lse = backend.forward(hidden, weight, bias, targets, temperature, workspace_bytes=workspace_bytes)
-        logprobs = logprobs.masked_fill_(~valid, 0.0)
-        entropy = entropy.masked_fill_(~valid, 0.0)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
-        ctx.temperature, ctx.backend, ctx.workspace_bytes = temperature, backend, workspace_bytes
-        ctx.mark_non_differentiable(targets)
+    def forward(ctx, hidden, weight, bias, rows, targets, temperature: float, kernels: ModuleType, workspace_bytes: int):
+        head = LMHead(hidden, weight, bias, rows, targets, temperature, workspace_bytes)
+        logprobs, entropy, lse = kernels.forward(head)
+        ctx.save_for_backward(hidden, weight, bias, rows, targets, lse, entropy)
+        ctx.temperature, ctx.kernels, ctx.workspace_bytes = temperature, kernels, workspace_bytes
         return logprobs, entropy
 
     @staticmethod
     def backward(ctx, grad_logprobs, grad_entropy):
-        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+        hidden, weight, bias, rows, targets, lse, entropy = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         if not any(needs):
-            return (None,) * 7
-        valid = targets >= 0
+            return (None,) * 8
         zeros = torch.zeros_like(lse)
-        grad_logprobs = zeros if grad_logprobs is None else grad_logprobs.float().masked_fill(~valid, 0.0)
-        grad_entropy = zeros if grad_entropy is None else grad_entropy.float().masked_fill(~valid, 0.0)
-        grads = ctx.backend.backward(
-            grad_logprobs.contiguous(), grad_entropy.contiguous(), hidden, weight, bias, targets,
-            lse, entropy, ctx.temperature, needs, workspace_bytes=ctx.workspace_bytes,
-        )
-        return (*grads, None, None, None, None)
+        grad_logprobs = zeros if grad_logprobs is None else grad_logprobs.float()
+        grad_entropy = zeros if grad_entropy is None else grad_entropy.float()
+        head = LMHead(hidden, weight, bias, rows, targets, ctx.temperature, ctx.workspace_bytes)
+        with _no_autocast(hidden.device):
+            grads = ctx.kernels.backward(head, grad_logprobs.contiguous(), grad_entropy.contiguous(), lse, entropy, needs)
+        return (*grads, None, None, None, None, None)
+
+
+class PolicyLoss(torch.autograd.Function):
+    """(logprobs [n], entropy [n] | None) -> (loss, ratio [n], kl [n], clipped [n] int8).
+
+    loss = sum(tokens.weights * token loss), 0-dim in the compute dtype of ``tokens``. Only
+    logprobs and entropy are differentiable; ``tokens`` holds the data. ``compute`` is a
+    backend's ``token_terms``. Backward scales the saved w * d loss / d logp and
+    w * d loss / d H by the upstream scalar.
+    """
+
+    @staticmethod
+    def forward(ctx, logprobs, entropy, tokens: PolicyTokens, compute: TokenTermsFn):
+        dtype = tokens.advantages.dtype
+        terms = tokens.terms(logprobs.detach().to(dtype), None if entropy is None else entropy.detach().to(dtype), compute)
+        ctx.save_for_backward(terms.grad_logprobs * tokens.weights, terms.grad_entropy * tokens.weights)
+        ctx.dtypes = (logprobs.dtype, None if entropy is None else entropy.dtype)
+        ctx.mark_non_differentiable(terms.ratio, terms.kl, terms.clipped)
+        return (terms.loss * tokens.weights).sum(), terms.ratio, terms.kl, terms.clipped
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        grads = [None if dtype is None or not needed else (grad_loss * g).to(dtype)
+                 for g, dtype, needed in zip(ctx.saved_tensors, ctx.dtypes, ctx.needs_input_grad)]
+        return (*grads, None, None)
+
+
+class SinglePassLoss(torch.autograd.Function):
+    """(hidden [N, H], weight, bias) -> (loss, logprobs, entropy, ratio, kl, clipped), torch path only.
+
+    The forward forms the gradients of the aggregated loss with respect to the inputs chunk by
+    chunk (``chunked.forward_with_grads``); backward scales them by the upstream scalar. Only
+    the loss is differentiable; the per-token outputs are [n] over the scored rows.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, rows, targets, temperature: float, workspace_bytes: int,
+                tokens: PolicyTokens, kernels: ModuleType, compute: TokenTermsFn):
+        head = LMHead(hidden, weight, bias, rows, targets, temperature, workspace_bytes)
+        token_loss, ratio, kl = torch.zeros(3, head.n_rows, dtype=torch.float32, device=hidden.device)
+        clipped = torch.zeros(head.n_rows, dtype=torch.int8, device=hidden.device)
+
+        def upstream(chunk: slice, logprobs: torch.Tensor, entropy: torch.Tensor):
+            terms = tokens.terms(logprobs, entropy, compute, chunk)
+            token_loss[chunk], ratio[chunk], kl[chunk], clipped[chunk] = terms.loss, terms.ratio, terms.kl, terms.clipped
+            weights = tokens.weights[chunk]
+            return terms.grad_logprobs * weights, terms.grad_entropy * weights
+
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        logprobs, entropy, grads = kernels.forward_with_grads(head, upstream, needs)
+        ctx.save_for_backward(*grads)
+        outputs = (logprobs, entropy, ratio, kl, clipped)
+        ctx.mark_non_differentiable(*outputs)
+        return ((token_loss * tokens.weights).sum(), *outputs)
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors]
+        return (*scaled, None, None, None, None, None, None, None)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from .chunked import DEFAULT_WORKSPACE_BYTES
-from .dispatch import logprob_entropy_backend, resolve_backend
-from .functions import LinearLogprobEntropy
-from .reference import logprob_entropy_reference
-from .validate import check_logprob_entropy_inputs, check_targets_in_range
+from .dispatch import get_backend
+from .lm_head import autocast_operands, scatter_rows, scored_head
+from .options import IGNORE_INDEX
+from .validate import ValueChecks, check_lm_head, check_targets, check_workspace
 
 
 def fused_linear_logprob_entropy(
@@ -18,7 +18,7 @@ def fused_linear_logprob_entropy(
     *,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     backend: str = "auto",
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,31 +27,44 @@ def fused_linear_logprob_entropy(
     With s = (hidden @ weight.T + bias) / temperature and p = softmax(s):
     ``logprobs = log p[target]`` and ``entropy = -sum_v p_v log p_v``.
 
+    Only positions whose target is not ``ignore_index`` go through the vocabulary work, forward
+    and backward; the others cost nothing, give 0 and 0, and get exactly zero gradient, even if
+    their hidden state is NaN or inf.
+
     Args:
-        hidden: [..., H] float32, bfloat16 or float16 (any strides).
+        hidden: [..., H] float32, bfloat16 or float16 (any strides; never copied).
         weight: [V, H], same dtype as hidden (the LM head; tied embeddings work as they are).
         targets: [...] = hidden.shape[:-1], integer; each in [0, V) or equal to ``ignore_index``.
-        bias: [V] or None, same dtype as hidden.
-        temperature: > 0, applied inside the kernels.
-        ignore_index: positions whose target equals it give 0 and 0 and no gradient.
+        bias: [V] or None, same dtype as hidden. Entries of -inf give probability 0 (and a
+            very negative finite log-prob, docs/algorithm.md §6).
+        temperature: positive, applied inside the kernels.
+        ignore_index: positions whose target equals it are not scored.
         backend: "auto" (triton on CUDA, torch elsewhere), "triton", "torch" or "reference".
         workspace_bytes: bound on the scratch memory of one pass (triton and torch backends).
 
     Returns:
         (logprobs, entropy): float32 tensors shaped like targets. Both are differentiable with
-        respect to hidden, weight and bias; all math is accumulated in float32.
+        respect to hidden, weight and bias. Logits and everything after them are float32 on
+        every backend; under ``torch.autocast`` hidden, weight and bias are first cast to the
+        autocast dtype, as a linear layer's would be.
+
+    Raises:
+        TypeError: an argument of the wrong kind (named in the message), before any kernel runs.
+        ValueError: an impossible value (named in the message), before any kernel runs.
     """
-    temperature = check_logprob_entropy_inputs(hidden, weight, targets, bias, temperature, ignore_index, backend)
-    if isinstance(workspace_bytes, bool) or not isinstance(workspace_bytes, int) or workspace_bytes <= 0:
-        raise ValueError(f"workspace_bytes must be a positive int, got {workspace_bytes!r}")
-    valid = check_targets_in_range(targets, weight.shape[0], ignore_index)
-    backend = resolve_backend(backend, hidden.device)
-    if backend == "reference":
-        return logprob_entropy_reference(hidden, weight, targets.long(), bias, temperature, ignore_index)
-    batch_shape = targets.shape
-    hidden_2d = hidden.reshape(-1, hidden.shape[-1])
-    kernel_targets = torch.where(valid, targets.long(), -1).reshape(-1)
-    logprobs, entropy = LinearLogprobEntropy.apply(
-        hidden_2d, weight, bias, kernel_targets, temperature, logprob_entropy_backend(backend), workspace_bytes
-    )
-    return logprobs.reshape(batch_shape), entropy.reshape(batch_shape)
+    hidden, weight, bias = autocast_operands(hidden, weight, bias)
+    temperature = check_lm_head(hidden, weight, bias, temperature)
+    check_targets(targets, hidden)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    check_workspace(workspace_bytes)
+    chosen = get_backend(backend, hidden.device)
+
+    scored = targets != ignore_index
+    checks = ValueChecks()
+    checks.targets(targets, scored, weight.shape[0], f"or equal ignore_index={ignore_index}")
+    (n_scored,) = checks.run(scored.sum())
+    with torch.autocast(hidden.device.type, enabled=False):
+        head = scored_head(hidden, weight, bias, targets, scored, int(n_scored), temperature, workspace_bytes)
+        logprobs, entropy = chosen.logprob_entropy(head)
+        return scatter_rows(logprobs, head), scatter_rows(entropy, head)

@@ -2,12 +2,16 @@
 
 These functions build the full [tokens x vocab] logits exactly as plain PyTorch user code
 would, and let autograd produce the gradients. Cast the inputs to float64 to get a float64
-ground truth.
+ground truth. Bias clamping, the log-ratio limit and the other conventions of
+docs/algorithm.md §3 and §6 are the caller's or spelled out here, so that every backend is
+checked against the same definition.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .options import LOG_RATIO_LIMIT
 
 
 def logprob_entropy_reference(
@@ -22,8 +26,13 @@ def logprob_entropy_reference(
 
     hidden [..., H], weight [V, H], bias [V] or None, targets [...] int.
     Returns (logprobs, entropy) shaped like targets, in float32 (float64 if hidden is float64);
-    ignored positions hold 0. Differentiable through autograd.
+    ignored positions hold 0. Differentiable through autograd. The logits are computed in the
+    input dtype and then upcast, as user code does, except for float16, whose logits can
+    exceed its range (65,504): float16 operands are upcast before the matmul.
     """
+    if hidden.dtype == torch.float16:
+        hidden, weight = hidden.float(), weight.float()
+        bias = None if bias is None else bias.float()
     logits = hidden @ weight.T
     if bias is not None:
         logits = logits + bias
@@ -48,7 +57,7 @@ def group_advantages_reference(
     unbiased_std: bool = False,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """ALGORITHM.md section 2, one group at a time in float64 Python-level torch. Returns [B] float64."""
+    """docs/algorithm.md §2, one group at a time in float64 Python-level torch. Returns [B] float64."""
     rewards = rewards.double()
     out = torch.zeros_like(rewards)
     for label in torch.unique(group_ids):
@@ -83,13 +92,13 @@ def policy_loss_reference(
     max_len: int | None = None,
     num_items: float | None = None,
 ) -> torch.Tensor:
-    """The clipped policy loss of ALGORITHM.md section 3 written out plainly; autograd does the rest.
+    """The clipped policy loss of docs/algorithm.md §3 written out plainly; autograd does the rest.
 
     [B, T] tensors, advantages [B] or [B, T]; returns the 0-dim aggregated loss. Inputs must
     be finite everywhere (masked positions are multiplied by 0, not skipped).
     """
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
     pg = -torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv)
     if dual_clip is not None:
         pg = torch.where(adv < 0, torch.min(pg, -adv * dual_clip), pg)
@@ -98,7 +107,8 @@ def policy_loss_reference(
     loss = pg
     if ref_logprobs is not None:
         d = ref_logprobs - logprobs
-        kl = {"k1": -d, "k2": d**2 / 2, "k3": torch.exp(d) - d - 1}[kl_estimator]
+        d3 = d.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+        kl = {"k1": -d, "k2": d**2 / 2, "k3": torch.exp(d3) - d3 - 1}[kl_estimator]
         loss = loss + kl_coef * kl
     if entropy is not None:
         loss = loss - entropy_coef * entropy

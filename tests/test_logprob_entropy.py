@@ -178,6 +178,6 @@ def test_backends_agree_on_a_shared_case():
 
 
 def test_auto_picks_torch_on_cpu():
-    from asymgrpo_kernels.dispatch import resolve_backend
+    from asymgrpo_kernels.dispatch import get_backend
 
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert get_backend("auto", torch.device("cpu")).name == "torch"

@@ -58,7 +58,7 @@ def test_channel_semantics_of_the_ablation_presets():
 
 def test_module_overrides_take_precedence_over_the_preset():
     module = AsymGRPOLoss("grpo", beta_neg=0.0, normalize="none")
-    assert module.advantage_kwargs["beta_pos"] == 0.5
-    assert module.advantage_kwargs["beta_neg"] == 0.0
-    assert module.advantage_kwargs["normalize"] == "none"
+    assert module.advantage_options.beta_pos == 0.5
+    assert module.advantage_options.beta_neg == 0.0
+    assert module.advantage_options.normalize == "none"
     assert "preset='grpo'" in repr(module)

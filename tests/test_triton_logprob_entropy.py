@@ -29,6 +29,7 @@ import torch
 
 from asymgrpo_kernels import chunked
 from asymgrpo_kernels.dispatch import triton_available
+from asymgrpo_kernels.lm_head import LMHead
 from asymgrpo_kernels.reference import logprob_entropy_reference
 
 if not triton_available():
@@ -68,18 +69,23 @@ def float64_truth(hidden, weight, bias, targets, temperature, g_logp, g_ent):
     return logp.detach(), ent.detach(), lse, [t.grad if t is not None else None for t in leaves]
 
 
-def float64_truth_entropy_all(hidden, weight, bias, temperature):
-    """Entropy of every row, ignored ones included (the kernel computes them all)."""
-    logits = hidden.double() @ weight.double().T + (bias.double() if bias is not None else 0)
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def scored(hidden, weight, bias, targets, temperature, workspace=BIG_WORKSPACE):
+    """The LMHead of the rows whose target is >= 0, as the public functions build it."""
+    rows = (targets >= 0).nonzero().squeeze(1)
+    return LMHead(hidden, weight, bias, rows, targets[rows], temperature, workspace)
 
 
-def run_triton(hidden, weight, bias, targets, temperature, g_logp, g_ent, workspace=BIG_WORKSPACE, needs=None):
+def run_backend(kernels, hidden, weight, bias, targets, temperature, g_logp, g_ent, workspace=BIG_WORKSPACE, needs=None):
+    """(logprobs, entropy, lse) of the scored rows [n] and the gradients, from a kernels module."""
     needs = needs or (True, True, bias is not None)
-    logp, ent, lse = triton_backend.forward(hidden, weight, bias, targets, temperature, workspace)
-    grads = triton_backend.backward(g_logp, g_ent, hidden, weight, bias, targets, lse, ent, temperature, needs, workspace)
+    head = scored(hidden, weight, bias, targets, temperature, workspace)
+    logp, ent, lse = kernels.forward(head)
+    grads = kernels.backward(head, g_logp[head.rows], g_ent[head.rows], lse, ent, needs)
     return logp, ent, lse, list(grads)
+
+
+def run_triton(*args, **kwargs):
+    return run_backend(triton_backend, *args, **kwargs)
 
 
 def assert_close_scaled(got, want, tol, name):
@@ -94,9 +100,9 @@ def assert_matches_float64(case, temperature, dtype, **kw):
     valid = targets >= 0
     assert logp.dtype == ent.dtype == lse.dtype == torch.float32
     # the forward accumulates in float32 for every input dtype
-    assert_close_scaled(logp[valid], ref_logp[valid], 2e-5, "logprobs")
-    assert_close_scaled(ent, float64_truth_entropy_all(hidden, weight, bias, temperature), 2e-5, "entropy")
-    assert_close_scaled(lse, ref_lse, 2e-5, "lse")
+    assert_close_scaled(logp, ref_logp[valid], 2e-5, "logprobs")
+    assert_close_scaled(ent, ref_ent[valid], 2e-5, "entropy")
+    assert_close_scaled(lse, ref_lse[valid], 2e-5, "lse")
     for name, g, g_ref in zip(("hidden", "weight", "bias"), grads, ref_grads):
         if g_ref is None:
             assert g is None, name
@@ -119,23 +125,18 @@ def assert_matches_float64(case, temperature, dtype, **kw):
 )
 def test_matches_float64(n, h, v, dtype, temperature, bias, ignored):
     """Odd N, V and H (H = 48 leaves a BLOCK_K tail), every dtype, T in {0.5, 1, 2}, ignored rows
-    (the second case ignores rows 0-15: a whole token block, skipped by the backward, under the
-    interpreter's BLOCK_N = 16)."""
+    (the second case ignores rows 0-15, a whole token block under the interpreter's BLOCK_N =
+    16: never read, their hidden gradient exactly zero)."""
     case = make_case(n, h, v, dtype, bias=bias, ignored=ignored)
     assert_matches_float64(case, temperature, dtype)
 
 
 def test_agrees_with_torch_backend():
-    hidden, weight, bias, targets, g_logp, g_ent = make_case(37, 48, 301, torch.float32, ignored=(5,))
-    ours = run_triton(hidden, weight, bias, targets, 0.7, g_logp, g_ent)
-    fwd = chunked.forward(hidden, weight, bias, targets, 0.7, BIG_WORKSPACE)
-    theirs = chunked.backward(g_logp, g_ent, hidden, weight, bias, targets, fwd[2], fwd[1], 0.7, (True,) * 3, BIG_WORKSPACE)
-    valid = targets >= 0
-    torch.testing.assert_close(ours[0][valid], fwd[0][valid], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours[1], fwd[1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours[2], fwd[2], atol=1e-5, rtol=1e-5)
-    for g, g_torch in zip(ours[3], theirs):
-        torch.testing.assert_close(g, g_torch, atol=1e-5, rtol=1e-5)
+    case = make_case(37, 48, 301, torch.float32, ignored=(5,))
+    ours = run_triton(*case[:4], 0.7, *case[4:])
+    theirs = run_backend(chunked, *case[:4], 0.7, *case[4:])
+    for a, b in zip([*ours[:3], *ours[3]], [*theirs[:3], *theirs[3]]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_logits_that_overflow_a_naive_exp():
@@ -149,8 +150,8 @@ def test_logits_that_overflow_a_naive_exp():
     ref_logp, ref_ent, _, ref_grads = float64_truth(hidden, weight, bias, targets, 0.5, g_logp, g_ent)
     valid = targets >= 0
     # float32 logits of size ~2e3 carry ~1e-4 absolute error; the entropy must not lose more
-    torch.testing.assert_close(logp[valid].double(), ref_logp[valid], atol=1e-3, rtol=1e-5)
-    torch.testing.assert_close(ent[valid].double(), ref_ent[valid], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(logp.double(), ref_logp[valid], atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(ent.double(), ref_ent[valid], atol=1e-3, rtol=1e-3)
     for g, g_ref in zip(grads, ref_grads):
         assert_close_scaled(g, g_ref, 1e-4, "grad")
 
@@ -185,8 +186,8 @@ def test_several_splits_agree_with_one():
     device = torch.device(DEVICE)
     assert triton_backend.forward_split_span(3, 250, BIG_WORKSPACE, device) < 250 // 2  # >= 3 splits
     assert triton_backend.forward_split_span(3, 250, 1, device) >= 250
-    split = triton_backend.forward(hidden, weight, bias, targets, 1.0, BIG_WORKSPACE)
-    single = triton_backend.forward(hidden, weight, bias, targets, 1.0, 1)
+    split = triton_backend.forward(scored(hidden, weight, bias, targets, 1.0, BIG_WORKSPACE))
+    single = triton_backend.forward(scored(hidden, weight, bias, targets, 1.0, 1))
     for a, b in zip(split, single):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-6)
 
@@ -238,7 +239,8 @@ SM90_COMPILE_SCRIPT = textwrap.dedent(
         ir = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ttgir"]
         return {op: len(re.findall(op, ir)) for op in ("async_copy_global_to_local", "warp_group_dot ", "atomic_rmw")}
 
-    bf16 = {"h_ptr": "bf16", "w_ptr": "bf16", "b_ptr": "bf16", "targets_ptr": "i64"}
+    bf16 = {"h_ptr": "bf16", "w_ptr": "bf16", "b_ptr": "bf16", "targets_ptr": "i64", "h_offsets_ptr": "i64",
+            "positions_ptr": "i64"}
     fp32 = ("partials_ptr", "lse_ptr", "entropy_ptr", "g_logp_ptr", "g_ent_ptr", "dh_ptr", "dw_ptr", "db_ptr")
     pointers = {**bf16, **{name: "fp32" for name in fp32}}
     flags = {"HAS_BIAS": True, "UPCAST": False, "DOT_PRECISION": "tf32"}

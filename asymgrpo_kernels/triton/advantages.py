@@ -1,7 +1,7 @@
 """Segmented group normalization + asymmetric modulation: one launch, one program per group.
 
-The caller sorts the batch by group (``order`` [B] int64: row indices grouped together) and
-passes the segment bounds (``offsets`` [K + 1] int64). Each program walks its segment in
+The launcher sorts the batch by group (``order`` [B] int64: row indices grouped together) and
+computes the segment bounds (``offsets`` [K + 1] int64). Each program walks its segment in
 tiles of BLOCK rows three times (sum / min / max, squared deviations, write), so groups of
 any size work; statistics are float64 and the power float32, as in the torch path
 (``asymgrpo_kernels.advantages``).
@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from ..advantages import Segments
+from ..options import AdvantageOptions
 
 MAX_BLOCK = 1024
 
@@ -79,28 +82,19 @@ def _group_advantages_kernel(
         tl.store(out_ptr + rows, _modulate(z, beta_pos, beta_neg), mask=valid)
 
 
-def group_advantages_triton(
-    rewards: torch.Tensor,
-    order: torch.Tensor,
-    offsets: torch.Tensor,
-    *,
-    beta_pos: float,
-    beta_neg: float,
-    std: bool,
-    unbiased: bool,
-    eps: float,
-) -> torch.Tensor:
-    """rewards [B] float, order [B] int64, offsets [K + 1] int64 -> float32 [B] advantages.
+def group_advantages_triton(rewards: torch.Tensor, segments: Segments, options: AdvantageOptions) -> torch.Tensor:
+    """rewards [B] float and their groups -> float32 [B] advantages.
 
     Arguments are validated by ``asymgrpo_kernels.group_advantages``; this only launches.
     """
+    order = torch.argsort(segments.inverse, stable=True)
+    offsets = torch.zeros(segments.counts.numel() + 1, dtype=torch.int64, device=rewards.device)
+    torch.cumsum(segments.counts, 0, out=offsets[1:])
     out = torch.empty(rewards.shape[0], dtype=torch.float32, device=rewards.device)
-    n_groups = offsets.numel() - 1
-    largest = int((offsets[1:] - offsets[:-1]).max())
-    block = min(MAX_BLOCK, triton.next_power_of_2(max(largest, 16)))
-    _group_advantages_kernel[(n_groups,)](
-        rewards.contiguous(), order.contiguous(), offsets.contiguous(), out,
-        beta_pos, beta_neg, eps,
-        STD=std, UNBIASED=unbiased, BLOCK=block,
+    block = min(MAX_BLOCK, triton.next_power_of_2(max(segments.largest, 16)))
+    _group_advantages_kernel[(segments.counts.numel(),)](
+        rewards.contiguous(), order, offsets, out,
+        options.beta_pos, options.beta_neg, options.eps,
+        STD=options.normalize == "std", UNBIASED=options.unbiased_std, BLOCK=block,
     )
     return out

@@ -1,15 +1,16 @@
 """Triton backend of ``fused_linear_logprob_entropy``: fused forward and backward, no [N x V] tensor.
 
-Same ``forward``/``backward`` contract as ``asymgrpo_kernels.chunked``. Both passes read
-hidden [N, H] and weight [V, H] through their strides (transposed or sliced views are never
-copied) and apply the temperature inside the kernels as a runtime float32 scalar.
+Same ``forward``/``backward`` contract as ``asymgrpo_kernels.chunked``. Both passes read only
+the n scored rows of hidden [..., H] (through their element offsets) and weight [V, H] through
+its strides (transposed or sliced views are never copied), and apply the temperature inside
+the kernels as a runtime float32 scalar.
 
 Extra memory, in bytes, beyond the inputs and the returned tensors (F = workspace_bytes,
 A = ``configs.VOCAB_ALIGN``, 128 on CUDA):
 
-* forward: 16 * N * P for the per-split partials (m, S, Zm, s_y), plus at most as much again
+* forward: 16 * n * P for the per-split partials (m, S, Zm, s_y), plus at most as much again
   of temporaries while they are merged, where the split count P is at most
-  max(1, F // (32 * N)): so at most max(F, 32 * N).
+  max(1, F // (32 * n)): so at most max(F, 32 * n).
 * backward:
   - 4 * N * H when the hidden gradient is wanted and hidden is not float32 (the float32
     accumulator of the hidden gradient; for float32 hidden it is the returned tensor);
@@ -18,7 +19,7 @@ A = ``configs.VOCAB_ALIGN``, 128 on CUDA):
     then processed in chunks of Vc rows, each accumulated in float32 and cast into the output
     (for float32 weight the output itself accumulates, in one launch over the vocabulary);
   - 4 * V when the bias gradient is wanted and bias is not float32;
-  - a few float32 [N] vectors.
+  - a few [n] vectors (the row offsets, float32 upstream gradients).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from ..lm_head import LMHead
 from .configs import INTERPRET, INTERPRETER_PROGRAMS, MIN_FORWARD_BLOCK_N, PROGRAMS_PER_SM, VOCAB_ALIGN
 from .logprob_entropy_bwd import launch_backward
 from .logprob_entropy_fwd import PARTIALS, combine_partials, launch_forward
@@ -55,85 +57,65 @@ def weight_chunk_rows(vocab_size: int, hidden_size: int, workspace_bytes: int) -
     return min(vocab_size, max(VOCAB_ALIGN, rows))
 
 
-def forward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    temperature: float,
-    workspace_bytes: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """hidden [N, H], weight [V, H], bias [V] | None, targets [N] int64 (negative = ignored).
-
-    Returns (logprobs, entropy, lse), each float32 [N]. Ignored rows hold -lse as logprob.
-    """
-    n_rows = hidden.shape[0]
-    if n_rows == 0:
-        empty = torch.empty(0, dtype=torch.float32, device=hidden.device)
+def forward(head: LMHead) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logprobs, entropy, lse) of the scored rows, each float32 [n]."""
+    if head.n_rows == 0:
+        empty = torch.empty(0, dtype=torch.float32, device=head.weight.device)
         return empty, empty.clone(), empty.clone()
-    span = forward_split_span(n_rows, weight.shape[0], workspace_bytes, hidden.device)
-    bias = bias.contiguous() if bias is not None else None
-    partials = launch_forward(hidden, weight, bias, targets.contiguous(), temperature, span)
-    return combine_partials(partials)
+    span = forward_split_span(head.n_rows, head.weight.shape[0], head.workspace_bytes, head.weight.device)
+    head = head._replace(bias=head.bias.contiguous() if head.bias is not None else None)
+    return combine_partials(launch_forward(head, head.row_offsets(), span))
 
 
 def backward(
+    head: LMHead,
     grad_logprobs: torch.Tensor,
     grad_entropy: torch.Tensor,
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
     lse: torch.Tensor,
     entropy: torch.Tensor,
-    temperature: float,
     needs_grad: tuple[bool, bool, bool],
-    workspace_bytes: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients for (hidden, weight, bias) given float32 [N] upstream gradients.
+    """Gradients for (hidden, weight, bias) given float32 [n] upstream gradients of the scored rows.
 
-    The upstream gradients must already be zero on ignored rows. Returns contiguous tensors
-    in the dtype of the matching input, or None where ``needs_grad`` is False.
+    Returns contiguous tensors in the dtype of the matching input (the hidden gradient shaped
+    like hidden, zero at positions not scored), or None where ``needs_grad`` is False.
     """
     need_hidden, need_weight, need_bias = needs_grad
-    n_rows, hidden_size = hidden.shape
-    vocab_size = weight.shape[0]
-    f32 = dict(dtype=torch.float32, device=hidden.device)
-    grad_hidden = torch.zeros(n_rows, hidden_size, **f32) if need_hidden else None
+    vocab_size, hidden_size = head.weight.shape
+    f32 = dict(dtype=torch.float32, device=head.weight.device)
+    grad_hidden = torch.zeros(head.n_positions, hidden_size, **f32) if need_hidden else None
     grad_bias = torch.zeros(vocab_size, **f32) if need_bias else None
     grad_weight = None
     chunk = vocab_size
     weight_acc = None
-    if need_weight and weight.dtype == torch.float32:
+    if need_weight and head.weight.dtype == torch.float32:
         grad_weight = torch.zeros(vocab_size, hidden_size, **f32)
     elif need_weight:
-        grad_weight = torch.empty(vocab_size, hidden_size, dtype=weight.dtype, device=weight.device)
-        chunk = weight_chunk_rows(vocab_size, hidden_size, workspace_bytes)
+        grad_weight = torch.empty(vocab_size, hidden_size, dtype=head.weight.dtype, device=head.weight.device)
+        chunk = weight_chunk_rows(vocab_size, hidden_size, head.workspace_bytes)
         weight_acc = torch.zeros(chunk, hidden_size, **f32)
 
-    if n_rows > 0:
-        bias = bias.contiguous() if bias is not None else None
-        per_row = [t.contiguous() for t in (grad_logprobs, grad_entropy, targets, lse, entropy)]
+    if head.n_rows > 0:
+        head = head._replace(bias=head.bias.contiguous() if head.bias is not None else None)
+        h_offsets = head.row_offsets()
+        per_row = [t.contiguous() for t in (grad_logprobs, grad_entropy, lse, entropy)]
         for start in range(0, vocab_size, chunk):
-            stop = min(start + chunk, vocab_size)
+            vocab = slice(start, min(start + chunk, vocab_size))
             if weight_acc is not None and start > 0:
                 weight_acc.zero_()
-            chunk_acc = weight_acc[: stop - start] if weight_acc is not None else None
+            chunk_acc = weight_acc[: vocab.stop - start] if weight_acc is not None else None
             launch_backward(
-                per_row[0], per_row[1], hidden, weight[start:stop],
-                bias[start:stop] if bias is not None else None, per_row[2], per_row[3], per_row[4],
-                temperature, start, vocab_size,
-                grad_hidden,
+                head, h_offsets, *per_row, vocab, grad_hidden,
                 chunk_acc if chunk_acc is not None else grad_weight,
-                grad_bias[start:stop] if grad_bias is not None else None,
+                grad_bias[vocab] if grad_bias is not None else None,
             )
             if chunk_acc is not None:
-                grad_weight[start:stop].copy_(chunk_acc)
+                grad_weight[vocab].copy_(chunk_acc)
     elif weight_acc is not None:
         grad_weight.zero_()
 
     if grad_hidden is not None:
-        grad_hidden = grad_hidden.to(hidden.dtype)
+        grad_hidden = grad_hidden.to(head.hidden.dtype).view(head.hidden.shape)
     if grad_bias is not None:
-        grad_bias = grad_bias.to(bias.dtype)
+        grad_bias = grad_bias.to(head.weight.dtype)
     return grad_hidden, grad_weight, grad_bias

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..lm_head import LMHead
 from .configs import FORWARD_CONFIGS, FORWARD_KEY, dot_options
 from .tiles import block_offsets, range_offsets, tempered_logits_tile
 
@@ -32,9 +33,9 @@ PARTIALS = 4
 @triton.autotune(configs=FORWARD_CONFIGS, key=FORWARD_KEY)
 @triton.jit
 def _forward_kernel(
-    h_ptr, w_ptr, b_ptr, targets_ptr, partials_ptr,
+    h_ptr, h_offsets_ptr, w_ptr, b_ptr, targets_ptr, partials_ptr,
     N, V, H, split_span,
-    stride_hn, stride_hk, stride_wv, stride_wk,
+    stride_hk, stride_wv, stride_wk,
     inv_temperature,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -45,6 +46,7 @@ def _forward_kernel(
     v_begin = split * split_span
     v_end = tl.minimum(v_begin + split_span, V)
     target = tl.load(targets_ptr + rows, mask=row_mask, other=-1)
+    h_offsets = tl.load(h_offsets_ptr + rows, mask=row_mask, other=0)
 
     m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
     sum_exp = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -53,7 +55,7 @@ def _forward_kernel(
     for v_start in range(v_begin, v_end, BLOCK_V):
         cols, col_mask = range_offsets(v_start, BLOCK_V, v_end)
         s = tempered_logits_tile(
-            h_ptr, stride_hn, stride_hk, rows, row_mask,
+            h_ptr, h_offsets, stride_hk, row_mask,
             w_ptr, stride_wv, stride_wk, cols, col_mask,
             b_ptr, H, inv_temperature,
             HAS_BIAS, UPCAST, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_K,
@@ -79,31 +81,24 @@ def _forward_kernel(
     tl.store(out + 3 * plane, target_logit, mask=row_mask)
 
 
-def launch_forward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    temperature: float,
-    split_span: int,
-) -> torch.Tensor:
-    """Run the kernel; return float32 partials [4, splits, N] (m, S, Zm, s_y per split).
+def launch_forward(head: LMHead, h_offsets: torch.Tensor, split_span: int) -> torch.Tensor:
+    """Run the kernel over the head's n scored rows; return float32 partials [4, splits, n].
 
-    hidden [N, H] and weight [V, H] are read through their strides (no copies); targets [N]
-    int64 contiguous (-1 = none); bias [V] contiguous or None. ``split_span`` (a multiple of
-    ``configs.VOCAB_ALIGN``) is the vocabulary width of one split.
+    hidden and weight are read through their strides (no copies); ``h_offsets`` [n] int64 are
+    the scored rows' element offsets in hidden's storage (``LMHead.row_offsets``); bias is
+    contiguous or None. ``split_span`` (a multiple of ``configs.VOCAB_ALIGN``) is the
+    vocabulary width of one split.
     """
-    n_rows, hidden_size = hidden.shape
-    vocab_size = weight.shape[0]
+    n_rows, (vocab_size, hidden_size) = head.n_rows, head.weight.shape
     n_splits = triton.cdiv(vocab_size, split_span)
-    partials = torch.empty(PARTIALS, n_splits, n_rows, dtype=torch.float32, device=hidden.device)
+    partials = torch.empty(PARTIALS, n_splits, n_rows, dtype=torch.float32, device=head.weight.device)
     grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]), n_splits)  # noqa: E731
     _forward_kernel[grid](
-        hidden, weight, bias if bias is not None else weight, targets, partials,
+        head.hidden, h_offsets, head.weight, head.bias if head.bias is not None else head.weight, head.targets, partials,
         n_rows, vocab_size, hidden_size, split_span,
-        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-        1.0 / temperature,
-        HAS_BIAS=bias is not None, **dot_options(hidden.dtype),
+        head.hidden.stride(-1), head.weight.stride(0), head.weight.stride(1),
+        1.0 / head.temperature,
+        HAS_BIAS=head.bias is not None, **dot_options(head.hidden.dtype),
     )
     return partials
 

@@ -1,6 +1,6 @@
 """Per-token AsymGRPO loss and its derivatives in one elementwise pass (float32).
 
-The Triton twin of ``asymgrpo_kernels.policy_loss.token_terms``: same inputs, same
+The Triton twin of ``asymgrpo_kernels.token_terms.token_terms``: same inputs, same
 ``TokenTerms`` outputs, same formulas (see that module's docstring). Optional inputs are
 switched off by constexpr flags, so a run without reference, entropy or IS weights reads
 nothing for them.
@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..policy_loss import CLIP_DUAL, CLIP_HIGH, CLIP_LOW, KL_ESTIMATOR_CODES, TokenTerms
+from ..options import LOG_RATIO_LIMIT, LossOptions
+from ..token_terms import CLIP_DUAL, CLIP_HIGH, CLIP_LOW, KL_ESTIMATOR_CODES, TokenTerms
 
 BLOCK = 1024
 
@@ -24,7 +25,7 @@ def _policy_loss_kernel(
     n_tokens, clip_low, clip_high, dual_clip, kl_coef, entropy_coef,
     HAS_REF: tl.constexpr, HAS_ENT: tl.constexpr, HAS_IS: tl.constexpr, HAS_DUAL: tl.constexpr,
     KL_EST: tl.constexpr, BIT_LOW: tl.constexpr, BIT_HIGH: tl.constexpr, BIT_DUAL: tl.constexpr,
-    BLOCK: tl.constexpr,
+    LIMIT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n_tokens
@@ -33,12 +34,14 @@ def _policy_loss_kernel(
     old = tl.load(old_ptr + offs, mask=valid, other=0.0).to(tl.float32)
     adv = tl.load(adv_ptr + offs, mask=valid, other=0.0).to(tl.float32)
 
-    ratio = tl.exp(logp - old)
+    log_ratio = logp - old
+    unclamped = tl.abs(log_ratio) < LIMIT  # beyond the limit, the clamp carries no gradient
+    ratio = tl.exp(tl.minimum(tl.maximum(log_ratio, -LIMIT), LIMIT))
     low = (adv < 0) & (ratio < 1.0 - clip_low)
     high = (adv > 0) & (ratio > 1.0 + clip_high)
     clipped_ratio = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
     pg = -tl.minimum(ratio * adv, clipped_ratio * adv)
-    grad = tl.where(low | high, 0.0, -ratio * adv)
+    grad = tl.where(unclamped & ~(low | high), -ratio * adv, 0.0)
     code = tl.where(low, BIT_LOW, 0) | tl.where(high, BIT_HIGH, 0)
     if HAS_DUAL:
         dual = (adv < 0) & (pg > -adv * dual_clip)
@@ -59,9 +62,10 @@ def _policy_loss_kernel(
             kl = 0.5 * d * d
             dkl = -d
         else:
-            exp_d = tl.exp(d)
-            kl = exp_d - d - 1.0
-            dkl = 1.0 - exp_d
+            clamped = tl.minimum(tl.maximum(d, -LIMIT), LIMIT)
+            exp_d = tl.exp(clamped)
+            kl = exp_d - clamped - 1.0
+            dkl = tl.where(tl.abs(d) < LIMIT, 1.0 - exp_d, 0.0)
         pg = pg + kl_coef * kl
         grad = grad + kl_coef * dkl
     loss = pg
@@ -84,20 +88,19 @@ def token_terms_triton(
     ref_logprobs: torch.Tensor | None,
     entropy: torch.Tensor | None,
     is_weights: torch.Tensor | None,
-    *,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    kl_estimator: str,
-    entropy_coef: float,
+    options: LossOptions,
 ) -> TokenTerms:
-    """Same contract as ``policy_loss.token_terms``; contiguous [N] inputs, float32 outputs."""
+    """Same contract as ``token_terms.token_terms``; contiguous float32 [N] inputs and outputs."""
     n_tokens = logprobs.numel()
     out = [torch.empty(n_tokens, dtype=torch.float32, device=logprobs.device) for _ in range(5)]
     clipped = torch.empty(n_tokens, dtype=torch.int8, device=logprobs.device)
     if n_tokens == 0:
         return TokenTerms(*out, clipped)
+    # the kernel reads flat memory: a broadcast [B] advantage has stride 0, so copy what is not dense
+    logprobs, old_logprobs, advantages, valid, ref_logprobs, entropy, is_weights = (
+        None if t is None else t.contiguous()
+        for t in (logprobs, old_logprobs, advantages, valid, ref_logprobs, entropy, is_weights)
+    )
     placeholder = logprobs  # never read: its constexpr flag is off
     _policy_loss_kernel[(triton.cdiv(n_tokens, BLOCK),)](
         logprobs, old_logprobs, advantages, valid.view(torch.uint8),
@@ -105,9 +108,9 @@ def token_terms_triton(
         placeholder if entropy is None else entropy,
         placeholder if is_weights is None else is_weights,
         *out, clipped,
-        n_tokens, clip_low, clip_high, 0.0 if dual_clip is None else dual_clip, kl_coef, entropy_coef,
+        n_tokens, options.clip_low, options.clip_high, options.dual_clip or 0.0, options.kl_coef, options.entropy_coef,
         HAS_REF=ref_logprobs is not None, HAS_ENT=entropy is not None, HAS_IS=is_weights is not None,
-        HAS_DUAL=dual_clip is not None, KL_EST=KL_ESTIMATOR_CODES[kl_estimator],
-        BIT_LOW=CLIP_LOW, BIT_HIGH=CLIP_HIGH, BIT_DUAL=CLIP_DUAL, BLOCK=BLOCK,
+        HAS_DUAL=options.dual_clip is not None, KL_EST=KL_ESTIMATOR_CODES[options.kl_estimator],
+        BIT_LOW=CLIP_LOW, BIT_HIGH=CLIP_HIGH, BIT_DUAL=CLIP_DUAL, LIMIT=LOG_RATIO_LIMIT, BLOCK=BLOCK,
     )
     return TokenTerms(*out, clipped)

@@ -51,20 +51,22 @@ def dot_operand(tile, like_ptr, UPCAST: tl.constexpr):
 
 @triton.jit
 def tempered_logits_tile(
-    h_ptr, stride_hn, stride_hk, rows, row_mask,
+    h_ptr, h_offsets, stride_hk, row_mask,
     w_ptr, stride_wv, stride_wk, cols, col_mask,
     b_ptr, H, inv_temperature,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """s = (h[rows] @ w[cols]^T + b[cols]) / T as a float32 [BLOCK_N, BLOCK_V] tile.
+    """s = (h_rows @ w[cols]^T + b[cols]) / T as a float32 [BLOCK_N, BLOCK_V] tile.
 
-    Masked rows and columns read zeros (their logits equal the bias, or 0): callers mask them.
+    ``h_offsets`` [BLOCK_N] int64 are the element offsets of the hidden rows in their storage
+    (any layout). Masked rows and columns read zeros (their logits equal the bias, or 0):
+    callers mask them.
     """
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     for k_start in range(0, H, BLOCK_K):
         ks, k_mask = range_offsets(k_start, BLOCK_K, H)
-        h = load_tile(h_ptr, rows, ks, stride_hn, stride_hk, row_mask, k_mask, UPCAST)
+        h = load_tile(h_ptr, h_offsets, ks, 1, stride_hk, row_mask, k_mask, UPCAST)
         w_t = load_tile(w_ptr, ks, cols, stride_wk, stride_wv, k_mask, col_mask, UPCAST)  # [BLOCK_K, BLOCK_V]
         acc = tl.dot(h, w_t, acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:

@@ -1,0 +1,221 @@
+"""The objective's options: one frozen object each for the loss and the advantages, validated once.
+
+``LossOptions`` holds every scalar option of the clipped AsymGRPO policy loss; ``asym_policy_loss``,
+``fused_linear_asymgrpo_loss`` and ``AsymGRPOLoss`` accept it whole (``options=``) or build it from
+their keyword arguments (``clip_high=0.28``, ...), which then override the object's fields.
+``AdvantageOptions`` holds the keywords of ``group_advantages`` and merges a preset with explicit
+overrides. Both check every value where they are built, so an impossible value never reaches a
+kernel, and everything downstream can trust them.
+
+Formulas: docs/algorithm.md §2 (advantages) and §3 (policy loss and aggregation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, TypedDict
+
+try:  # Python >= 3.11
+    from typing import Unpack
+except ImportError:  # Python 3.10
+    from typing_extensions import Unpack
+
+from .presets import preset_kwargs
+
+__all__ = ["LossOptions", "AdvantageOptions", "LossKeywords", "AdvantageKeywords", "Unpack"]
+
+IGNORE_INDEX = -100
+BACKENDS = ("auto", "triton", "torch", "reference")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+NORMALIZE_MODES = ("std", "none")
+#: |log-ratio| and |k3 exponent| limit (docs/algorithm.md §3): exp(20) ~ 4.9e8 keeps float32 finite.
+LOG_RATIO_LIMIT = 20.0
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return float(value)
+
+
+def nonnegative(value: Any, name: str) -> float:
+    """``value`` as a float; raise unless it is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """``value`` unchanged; raise unless it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` unchanged; raise unless it is an int > 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be an int > 0, got {value}")
+    return value
+
+
+class _Validated:
+    """Frozen-dataclass mixin: ``_checked`` normalizes every field in ``__post_init__``."""
+
+    def __post_init__(self) -> None:
+        for name, value in self._checked().items():
+            object.__setattr__(self, name, value)
+
+    def _checked(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    @classmethod
+    def build(cls, options: Any, overrides: Mapping[str, Any]) -> Any:
+        """``options`` (default: ``cls()``) with the fields named in ``overrides`` replaced.
+
+        Raises TypeError naming an unknown keyword, and the field checks' errors.
+        """
+        if options is not None and not isinstance(options, cls):
+            raise TypeError(f"options must be a {cls.__name__}, got {type(options).__name__}")
+        unknown = sorted(set(overrides) - set(cls.field_names()))
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                f"the {cls.__name__} fields are {', '.join(cls.field_names())}"
+            )
+        base = options if options is not None else cls()
+        return dataclasses.replace(base, **overrides) if overrides else base
+
+
+@dataclass(frozen=True)
+class LossOptions(_Validated):
+    """Options of the clipped AsymGRPO policy loss (docs/algorithm.md §3).
+
+    Attributes:
+        clip_low: in [0, 1); the ratio's lower clip is 1 - clip_low.
+        clip_high: non-negative; the ratio's upper clip is 1 + clip_high (clip_high > clip_low is
+            DAPO's clip-higher).
+        dual_clip: None, or c > 1: for A < 0 the token loss is capped at -A * c.
+        kl_coef: weight of the KL term to the reference policy (needs ref_logprobs when != 0).
+        kl_estimator: "k1", "k2" or "k3" of d = ref_logp - logp (k1 = -d, k2 = d^2 / 2,
+            k3 = exp(d) - d - 1).
+        entropy_coef: the token loss gets -entropy_coef * H (needs the entropy when != 0).
+        loss_agg: "token-mean", "seq-mean-token-mean", "seq-mean-token-sum" or
+            "seq-mean-token-sum-norm" (sum / (B * max_len), Dr. GRPO).
+        max_len: Dr. GRPO's constant for "seq-mean-token-sum-norm" (None: the batch's T);
+            only valid with that mode.
+
+    Raises:
+        TypeError: a field of the wrong kind (named in the message).
+        ValueError: an impossible value (named in the message).
+    """
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    loss_agg: str = "token-mean"
+    max_len: int | None = None
+
+    def _checked(self) -> dict[str, Any]:
+        clip_low = nonnegative(self.clip_low, "clip_low")
+        if clip_low >= 1:
+            raise ValueError(
+                f"clip_low must be < 1 (the ratio is clipped to [1 - clip_low, 1 + clip_high]), got {clip_low}"
+            )
+        dual_clip = self.dual_clip
+        if dual_clip is not None:
+            dual_clip = _number(dual_clip, "dual_clip")
+            if dual_clip <= 1:
+                raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
+        loss_agg = choice(self.loss_agg, "loss_agg", LOSS_AGG_MODES)
+        if self.max_len is not None:
+            positive_int(self.max_len, "max_len")
+            if loss_agg != "seq-mean-token-sum-norm":
+                raise ValueError(f"max_len applies only to loss_agg='seq-mean-token-sum-norm', got loss_agg={loss_agg!r}")
+        return {
+            "clip_low": clip_low,
+            "clip_high": nonnegative(self.clip_high, "clip_high"),
+            "dual_clip": dual_clip,
+            "kl_coef": _number(self.kl_coef, "kl_coef"),
+            "kl_estimator": choice(self.kl_estimator, "kl_estimator", KL_ESTIMATORS),
+            "entropy_coef": _number(self.entropy_coef, "entropy_coef"),
+            "loss_agg": loss_agg,
+        }
+
+
+class LossKeywords(TypedDict, total=False):
+    """The fields of ``LossOptions`` as keyword arguments (for type checkers and IDEs)."""
+
+    clip_low: float
+    clip_high: float
+    dual_clip: float | None
+    kl_coef: float
+    kl_estimator: str
+    entropy_coef: float
+    loss_agg: str
+    max_len: int | None
+
+
+@dataclass(frozen=True)
+class AdvantageOptions(_Validated):
+    """Keywords of ``group_advantages`` (docs/algorithm.md §2).
+
+    Attributes:
+        beta_pos: non-negative exponent of the positive channel (0.5 is GRPO's, 0 gives +1).
+        beta_neg: non-negative exponent of the negative channel (0.5 is GRPO's, 0 gives -1).
+        normalize: "std" (divide by the group's std) or "none" (only subtract the mean).
+        unbiased_std: False for max(population std, eps), True for Bessel std + eps.
+        eps: non-negative; how it enters depends on unbiased_std.
+    """
+
+    beta_pos: float = 0.9
+    beta_neg: float = 0.4
+    normalize: str = "std"
+    unbiased_std: bool = False
+    eps: float = 1e-6
+
+    def _checked(self) -> dict[str, Any]:
+        if not isinstance(self.unbiased_std, bool):
+            raise TypeError(f"unbiased_std must be a bool, got {type(self.unbiased_std).__name__}")
+        return {
+            "beta_pos": nonnegative(self.beta_pos, "beta_pos"),
+            "beta_neg": nonnegative(self.beta_neg, "beta_neg"),
+            "normalize": choice(self.normalize, "normalize", NORMALIZE_MODES),
+            "eps": nonnegative(self.eps, "eps"),
+        }
+
+    @classmethod
+    def from_preset(cls, preset: str = "asymgrpo", **overrides: Any) -> "AdvantageOptions":
+        """A preset's beta_pos / beta_neg / normalize (``presets.PRESETS``) with ``overrides`` on top.
+
+        An override of None keeps the preset's value. Raises ValueError listing the presets when
+        ``preset`` is unknown, and TypeError naming an unknown keyword.
+        """
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return cls.build(None, {**preset_kwargs(preset), **values})
+
+
+class AdvantageKeywords(TypedDict, total=False):
+    """The fields of ``AdvantageOptions`` as keyword arguments (for type checkers and IDEs)."""
+
+    beta_pos: float
+    beta_neg: float
+    normalize: str
+    unbiased_std: bool
+    eps: float
