@@ -26,8 +26,8 @@ import torch
 from . import chunked
 from .functions import LinearLogprobEntropy
 from .lm_head import LMHead
-from .options import BACKENDS, AdvantageOptions
-from .token_terms import TokenTerms, token_terms
+from .options import BACKENDS, AdvantageOptions, LossOptions
+from .token_terms import TokenInputs, TokenTerms, token_terms
 
 
 def triton_installed() -> bool:
@@ -53,8 +53,8 @@ class TorchBackend:
             head.workspace_bytes,
         )
 
-    def token_terms(self, *args, **kwargs) -> TokenTerms:
-        return token_terms(*args, **kwargs)
+    def token_terms(self, inputs: TokenInputs, options: LossOptions) -> TokenTerms:
+        return token_terms(inputs, options)
 
     def group_advantages(self, rewards: torch.Tensor, segments, options: AdvantageOptions) -> torch.Tensor:
         from .advantages import group_advantages_torch
@@ -87,12 +87,12 @@ class TritonBackend(TorchBackend):
 
         return logprob_entropy
 
-    def token_terms(self, logprobs: torch.Tensor, *args, **kwargs) -> TokenTerms:
-        if logprobs.dtype != torch.float32:  # the kernel's math is float32; float64 checks stay in torch
-            return token_terms(logprobs, *args, **kwargs)
+    def token_terms(self, inputs: TokenInputs, options: LossOptions) -> TokenTerms:
+        if inputs.logprobs.dtype != torch.float32:  # the kernel's math is float32; float64 checks stay in torch
+            return token_terms(inputs, options)
         from .triton.policy_loss import token_terms_triton
 
-        return token_terms_triton(logprobs, *args, **kwargs)
+        return token_terms_triton(inputs, options)
 
     def group_advantages(self, rewards: torch.Tensor, segments, options: AdvantageOptions) -> torch.Tensor:
         from .triton.advantages import group_advantages_triton

@@ -41,17 +41,22 @@ class TokenTerms(NamedTuple):
     clipped: torch.Tensor
 
 
-def token_terms(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    valid: torch.Tensor,
-    ref_logprobs: torch.Tensor | None,
-    entropy: torch.Tensor | None,
-    is_weights: torch.Tensor | None,
-    options: LossOptions,
-) -> TokenTerms:
-    """All tensors [N] in one floating dtype (the compute dtype), ``valid`` bool [N]."""
+class TokenInputs(NamedTuple):
+    """Per-token inputs of ``token_terms``: [N] tensors in one floating dtype (the compute dtype),
+    valid bool [N]; ref_logprobs, entropy and is_weights may be None."""
+
+    logprobs: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    valid: torch.Tensor
+    ref_logprobs: torch.Tensor | None
+    entropy: torch.Tensor | None
+    is_weights: torch.Tensor | None
+
+
+def token_terms(inputs: TokenInputs, options: LossOptions) -> TokenTerms:
+    """The per-token loss and its derivatives, torch implementation."""
+    logprobs, old_logprobs, advantages, valid, ref_logprobs, entropy, is_weights = inputs
     zero = torch.zeros_like(logprobs)
     log_ratio = torch.where(valid, logprobs - old_logprobs, zero)
     unclamped = log_ratio.abs() < LOG_RATIO_LIMIT  # beyond the limit, the clamp carries no gradient
@@ -99,8 +104,8 @@ def token_terms(
     )
 
 
-#: The signature of ``token_terms`` and of its Triton twin.
-TokenTermsFn = Callable[..., TokenTerms]
+#: ``token_terms`` and its Triton twin.
+TokenTermsFn = Callable[[TokenInputs, LossOptions], TokenTerms]
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ class PolicyTokens:
         """``compute``'s TokenTerms of the tokens in ``part`` given their log-probs and entropies."""
         pick = lambda t: None if t is None else t[part]  # noqa: E731
         old = logprobs if self.old_logprobs is None else self.old_logprobs[part]
-        return compute(
-            logprobs, old, self.advantages[part], self.valid[part], pick(self.ref_logprobs), entropy,
-            pick(self.is_weights), self.options,
+        inputs = TokenInputs(
+            logprobs, old, self.advantages[part], self.valid[part], pick(self.ref_logprobs), entropy, pick(self.is_weights)
         )
+        return compute(inputs, self.options)

@@ -78,3 +78,65 @@ def test_int32_targets_are_accepted():
     args["targets"] = args["targets"].int()
     logp, _ = fused_linear_logprob_entropy(**args, backend="torch")
     assert logp.shape == (2, 5) and (logp < 0).all()
+
+
+# --- value checks: one device-to-host read per public call, none under torch.compile -----------
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Counts the Python-level reads of tensor contents (each a device sync on CUDA)."""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _real=real, _name=name, **kwargs):
+            reads.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return reads
+
+
+def _loss_inputs():
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 7, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(19, 8, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 19, (3, 7), generator=gen)
+    mask = (torch.rand(3, 7, generator=gen) > 0.3).float()
+    return hidden, weight, targets, mask, torch.randn(3, generator=gen), -torch.rand(3, 7, generator=gen)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_one_host_read_per_call(host_reads, backend):
+    """The mask, target-range and num_items checks and the scored-row count come back together."""
+    from asymgrpo_kernels import asym_policy_loss, fused_linear_asymgrpo_loss
+
+    hidden, weight, targets, mask, adv, old = _loss_inputs()
+    loss, metrics = fused_linear_asymgrpo_loss(hidden, weight, targets, mask, adv, old_logprobs=old,
+                                               num_items=torch.tensor(9.0), backend=backend, clip_high=0.28)
+    assert host_reads == ["tolist"]
+    loss.backward()
+    assert host_reads == ["tolist"], "backward read tensor contents on the host"
+    host_reads.clear()
+    fused_linear_logprob_entropy(hidden, weight, targets, backend=backend)
+    assert host_reads == ["tolist"]
+    host_reads.clear()
+    asym_policy_loss(old.clone().requires_grad_(), old, adv, mask, num_items=torch.tensor(9.0), backend=backend)
+    assert host_reads == ["tolist"]
+
+
+def test_policy_loss_compiles_without_graph_breaks():
+    """Under torch.compile the value checks step aside: no graph break comes from validation."""
+    import torch._dynamo
+
+    from asymgrpo_kernels import asym_policy_loss
+
+    _, _, _, mask, adv, old = _loss_inputs()
+
+    def step(logprobs):
+        loss, metrics = asym_policy_loss(logprobs, old, adv, mask, clip_high=0.28, backend="torch")
+        return loss, metrics["clip_frac_high"]
+
+    explanation = torch._dynamo.explain(step)(old.clone().requires_grad_())
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]

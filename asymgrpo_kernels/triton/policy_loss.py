@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ..options import LOG_RATIO_LIMIT, LossOptions
-from ..token_terms import CLIP_DUAL, CLIP_HIGH, CLIP_LOW, KL_ESTIMATOR_CODES, TokenTerms
+from ..token_terms import CLIP_DUAL, CLIP_HIGH, CLIP_LOW, KL_ESTIMATOR_CODES, TokenInputs, TokenTerms
 
 BLOCK = 1024
 
@@ -80,26 +80,17 @@ def _policy_loss_kernel(
     tl.store(clipped_ptr + offs, tl.where(valid, code, 0).to(tl.int8), mask=inside)
 
 
-def token_terms_triton(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    valid: torch.Tensor,
-    ref_logprobs: torch.Tensor | None,
-    entropy: torch.Tensor | None,
-    is_weights: torch.Tensor | None,
-    options: LossOptions,
-) -> TokenTerms:
-    """Same contract as ``token_terms.token_terms``; contiguous float32 [N] inputs and outputs."""
-    n_tokens = logprobs.numel()
-    out = [torch.empty(n_tokens, dtype=torch.float32, device=logprobs.device) for _ in range(5)]
-    clipped = torch.empty(n_tokens, dtype=torch.int8, device=logprobs.device)
+def token_terms_triton(inputs: TokenInputs, options: LossOptions) -> TokenTerms:
+    """Same contract as ``token_terms.token_terms``; float32 [N] inputs and outputs."""
+    n_tokens = inputs.logprobs.numel()
+    device = inputs.logprobs.device
+    out = [torch.empty(n_tokens, dtype=torch.float32, device=device) for _ in range(5)]
+    clipped = torch.empty(n_tokens, dtype=torch.int8, device=device)
     if n_tokens == 0:
         return TokenTerms(*out, clipped)
     # the kernel reads flat memory: a broadcast [B] advantage has stride 0, so copy what is not dense
     logprobs, old_logprobs, advantages, valid, ref_logprobs, entropy, is_weights = (
-        None if t is None else t.contiguous()
-        for t in (logprobs, old_logprobs, advantages, valid, ref_logprobs, entropy, is_weights)
+        None if t is None else t.contiguous() for t in inputs
     )
     placeholder = logprobs  # never read: its constexpr flag is off
     _policy_loss_kernel[(triton.cdiv(n_tokens, BLOCK),)](
