@@ -2,7 +2,9 @@
 
 Sources, later ones winning: the defaults below, a YAML file, command-line overrides.
 Every value is checked (unknown key, wrong type, impossible value) by ``TrainConfig.from_dict``
-before any model or engine loads; errors are ``ConfigError`` naming the key.
+before any model or engine loads; errors are ``ConfigError`` naming the key. The objective's
+keys (preset, betas, clips, KL, entropy, aggregation) are checked by the kernels' own
+``AsymGRPOLoss``, which the trainer then uses, so the config cannot accept what the loss rejects.
 
 The defaults are the embedded task: a tiny Qwen2 and a character tokenizer built locally,
 a short supervised warm-up on "a+b=" -> "c", then AsymGRPO with vLLM rollouts.
@@ -18,12 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from asymgrpo_kernels.presets import PRESETS
+from asymgrpo_kernels import PRESETS, AdvantageOptions, AsymGRPOLoss, LossOptions
+from asymgrpo_kernels.options import BACKENDS, KL_ESTIMATORS, LOSS_AGG_MODES, NORMALIZE_MODES
 
 EMBEDDED = "embedded"
-LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-NORMALIZE = ("std", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN = ("auto", "eager", "sdpa", "flash_attention_2")
 
@@ -64,14 +64,15 @@ class TrainConfig:
     preset: str = _opt("asymgrpo", "Advantage preset: " + ", ".join(PRESETS) + ".")
     beta_pos: Optional[float] = _opt(None, "Positive-channel exponent; None = the preset's value.")
     beta_neg: Optional[float] = _opt(None, "Negative-channel exponent; None = the preset's value.")
-    normalize: Optional[str] = _opt(None, "'std' or 'none' (group reward centring only); None = the preset's value.")
+    normalize: Optional[str] = _opt(None, "Advantage normalization: " + " or ".join(NORMALIZE_MODES)
+                                    + " ('none' only centres the group's rewards); None = the preset's value.")
     clip_low: float = _opt(0.2, "PPO ratio clip below 1.")
     clip_high: float = _opt(0.28, "PPO ratio clip above 1 (clip-higher when > clip_low).")
     dual_clip: Optional[float] = _opt(None, "Dual-clip constant c > 1 for negative advantages; None = off.")
     kl_coef: float = _opt(0.0, "Weight of the KL term to a frozen reference model; 0 = no reference model is loaded.")
-    kl_estimator: str = _opt("k3", "KL estimator: k1, k2 or k3.")
+    kl_estimator: str = _opt("k3", "KL estimator: " + ", ".join(KL_ESTIMATORS) + ".")
     entropy_coef: float = _opt(0.0, "Entropy bonus weight.")
-    loss_agg: str = _opt("token-mean", "Loss aggregation: " + ", ".join(LOSS_AGGS) + ".")
+    loss_agg: str = _opt("token-mean", "Loss aggregation: " + ", ".join(LOSS_AGG_MODES) + ".")
     tis_cap: Optional[float] = _opt(None, "Truncated importance sampling: weight tokens by min(p_trainer / p_vllm, cap); None = off.")
 
     # --- rollouts and optimisation ------------------------------------------------------
@@ -89,7 +90,7 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory.")
     dtype: str = _opt("auto", "Compute dtype of the policy and of vLLM: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16. Parameters and AdamW state stay float32.")
     attn_implementation: str = _opt("auto", "auto (flash_attention_2 when installed on CUDA, else sdpa), eager, sdpa, flash_attention_2.")
-    loss_backend: str = _opt("auto", "Fused-loss backend: auto, triton, torch, reference.")
+    loss_backend: str = _opt("auto", "Fused-loss backend: " + ", ".join(BACKENDS) + ".")
 
     # --- evaluation, logging, checkpoints -----------------------------------------------
     eval_every: int = _opt(5, "Greedy held-out accuracy every this many steps (and at the start and end); 0 = only start and end.")
@@ -138,7 +139,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Impossible values and combinations; types are already checked."""
+        """Impossible values and combinations; types are already checked. Raises ConfigError."""
         positive_ints = ("steps", "prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "eval_size",
                          "warmup_batch_size", "embedded_test_size", "keep_checkpoints")
         for key in positive_ints:
@@ -150,11 +151,9 @@ class TrainConfig:
         for key in ("reward_timeout_s", "temperature", "lr", "warmup_lr", "vllm_cpu_kvcache_gb"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("clip_low", "clip_high", "kl_coef", "entropy_coef", "weight_decay", "max_grad_norm"):
+        for key in ("weight_decay", "max_grad_norm"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.clip_low >= 1:
-            raise ConfigError(f"clip_low must be < 1 (the ratio is clipped to [1 - clip_low, 1 + clip_high]), got {self.clip_low}")
         if self.updates_per_step <= 0 or self.prompts_per_step % self.updates_per_step:
             raise ConfigError(f"updates_per_step must be > 0 and divide prompts_per_step={self.prompts_per_step}, "
                               f"got {self.updates_per_step}")
@@ -164,11 +163,6 @@ class TrainConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ConfigError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
-        for key in ("beta_pos", "beta_neg"):
-            if getattr(self, key) is not None and getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0 or null, got {getattr(self, key)}")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ConfigError(f"dual_clip must be > 1 or null, got {self.dual_clip}")
         if self.tis_cap is not None and self.tis_cap <= 0:
             raise ConfigError(f"tis_cap must be > 0 or null, got {self.tis_cap}")
         if self.embedded_max_operand < 1:
@@ -176,13 +170,14 @@ class TrainConfig:
         pairs = (self.embedded_max_operand + 1) ** 2
         if self.dataset == EMBEDDED and self.embedded_test_size >= pairs:
             raise ConfigError(f"embedded_test_size must be < the {pairs} possible (a, b) pairs, got {self.embedded_test_size}")
-        choices = {"preset": tuple(PRESETS), "loss_agg": LOSS_AGGS, "kl_estimator": KL_ESTIMATORS, "dtype": DTYPES,
-                   "attn_implementation": ATTN, "loss_backend": ("auto", "triton", "torch", "reference")}
-        for key, allowed in choices.items():
+        # the kernels name their argument "backend"; the key is checked here so the message names it
+        for key, allowed in {"dtype": DTYPES, "attn_implementation": ATTN, "loss_backend": BACKENDS}.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        if self.normalize is not None and self.normalize not in NORMALIZE:
-            raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)} or null; got {self.normalize!r}")
+        try:
+            self.loss_module()  # the objective's options are checked where they are defined, by the kernels
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from None
         if "{prompt}" not in self.prompt_template:
             raise ConfigError(f"prompt_template must contain '{{prompt}}', got {self.prompt_template!r}")
         try:
@@ -199,14 +194,19 @@ class TrainConfig:
         if self.model == EMBEDDED and self.dataset != EMBEDDED:
             raise ConfigError("model 'embedded' only knows the embedded task's characters: use dataset 'embedded' with it")
 
-    @property
-    def advantage_kwargs(self) -> dict[str, Any]:
-        """Keywords for ``group_advantages``: the preset, with explicit betas / normalize on top."""
-        kwargs = dict(PRESETS[self.preset])
-        for key in ("beta_pos", "beta_neg", "normalize"):
-            if getattr(self, key) is not None:
-                kwargs[key] = getattr(self, key)
-        return kwargs
+    def loss_module(self) -> AsymGRPOLoss:
+        """The objective of this config: its advantages (the preset under beta_pos / beta_neg /
+        normalize when set) and its loss options, checked by ``AsymGRPOLoss``.
+
+        Keys named like a ``LossOptions`` or ``AdvantageOptions`` field are passed under that name.
+        ``max_len`` is no key: Dr. GRPO's constant is ``max_new_tokens``.
+        """
+        keys = {f.name for f in dataclasses.fields(self)}
+        names = (*LossOptions.field_names(), *AdvantageOptions.field_names())
+        objective = {name: getattr(self, name) for name in names if name in keys}
+        max_len = self.max_new_tokens if self.loss_agg == "seq-mean-token-sum-norm" else None
+        return AsymGRPOLoss(self.preset, temperature=self.temperature, backend=self.loss_backend, max_len=max_len,
+                            **objective)
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:

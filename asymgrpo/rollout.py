@@ -25,7 +25,6 @@ class Completion:
 
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
-    finished: bool
 
 
 def _configure_environment(cpu_kvcache_gb: float) -> None:
@@ -54,7 +53,6 @@ class RolloutEngine:
         kwargs = {"gpu_memory_utilization": gpu_memory_utilization} if torch.cuda.is_available() else {"enforce_eager": True}
         self.llm = LLM(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        logprobs_mode="processed_logprobs", **kwargs)
-        self.max_model_len = max_model_len
 
     def sample(self, prompts: list[list[int]], *, n: int, max_tokens: int, temperature: float, top_p: float = 1.0,
                seeds: list[int] | None = None) -> list[list[Completion]]:
@@ -88,4 +86,4 @@ class RolloutEngine:
 def _completion(output) -> Completion:
     token_ids = tuple(output.token_ids)
     logprobs = tuple(float(step[token].logprob) for step, token in zip(output.logprobs, token_ids, strict=True))
-    return Completion(token_ids=token_ids, logprobs=logprobs, finished=output.finish_reason == "stop")
+    return Completion(token_ids=token_ids, logprobs=logprobs)

@@ -1,12 +1,17 @@
 """The AsymGRPO training loop: sample with vLLM, score, update with the fused loss, push weights back.
 
 Reads top to bottom:
-    setup      data, reward, starting weights (embedded warm-up / HF model / checkpoint), engine
-    each step  prompts -> G completions each (vLLM) -> rewards -> group advantages
-               -> trainer log-probs (mismatch metric, old log-probs, optional TIS weights)
-               -> micro-batched fused loss, one optimizer step -> new weights into vLLM
-               -> held-out eval, metrics.jsonl row, checkpoint
-    end        curves.png, final checkpoint
+    train      setup (data, reward, starting weights, objective, engine), then per step
+               rollout -> score -> update -> log
+    rollout    the step's prompts -> G completions each (vLLM), packed into one batch
+    score      rewards -> group advantages; the policy's own log-probs of the samples
+               (old log-probs, vLLM mismatch, optional TIS weights), the reference's for KL
+    update     updates_per_step optimizer steps on slices of whole groups, each micro-batched
+               through the fused loss (``policy_update``)
+    log_step   metrics.jsonl row, progress bar, checkpoint
+
+One ``AsymGRPOLoss``, built from the config (``TrainConfig.loss_module``), holds the objective:
+its advantages, its loss, and the temperature and backend of every scoring call.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from asymgrpo_kernels import fused_linear_asymgrpo_loss, group_advantages
+from asymgrpo_kernels import AsymGRPOLoss
 
 from .batch import PackedBatch, pack
 from .checkpoint import checkpoint_dir, list_checkpoints, load_trainer_state, save_checkpoint
@@ -30,7 +35,7 @@ from .data import Example, arithmetic_splits, load_examples
 from .evaluate import evaluate
 from .plotting import plot_metrics
 from .policy import last_hidden, lm_head_weight, load_policy, resolve_attn_implementation, resolve_dtype, sequence_logprobs
-from .rewards import SafeReward, resolve_reward
+from .rewards import RewardStats, SafeReward, resolve_reward
 from .rollout import RolloutEngine
 
 TIMING_KEYS = ("step_time", "rollout_time", "tokens_per_s")  # metrics that depend on the wall clock, not on the run
@@ -45,6 +50,46 @@ class TrainResult:
     output_dir: Path
 
 
+@dataclass(frozen=True)
+class Prompts:
+    """The training set, formatted and tokenized once: ``texts`` go to the reward, ``ids`` to vLLM."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    answers: list[str]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One step's samples: G completions of each of the step's prompts, a prompt's group contiguous.
+
+    prompts: for each completion, its prompt's index in ``Prompts``; completions: decoded;
+    batch: prompt + completion rows with vLLM's log-probs; time_s: spent sampling.
+    """
+
+    prompts: list[int]
+    completions: list[str]
+    batch: PackedBatch
+    time_s: float
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the update uses, all computed before it. Per-token tensors are [N, T-1], 0 off the mask.
+
+    old_logprobs / entropy: the policy's; ref_logprobs: the reference model's (None without KL);
+    mismatch: |policy - vLLM| sampled-token log-prob; is_weights: None without tis_cap.
+    """
+
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    old_logprobs: torch.Tensor
+    entropy: torch.Tensor
+    ref_logprobs: torch.Tensor | None
+    mismatch: torch.Tensor
+    is_weights: torch.Tensor | None
+
+
 def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_after: int | None = None) -> TrainResult:
     """Run (or, with ``config.resume``, continue) training; return the held-out accuracy before and after.
 
@@ -57,12 +102,11 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-
-    # --- data and reward --------------------------------------------------------------
+    loss_fn = config.loss_module()
     train_set, eval_set = load_data(config)
     reward = SafeReward(resolve_reward(reward_name(config)), config.reward_timeout_s)
 
-    # --- starting weights ---------------------------------------------------------------
+    # --- starting weights: a checkpoint to resume from, else the warm-up / the configured model
     resume_from = list_checkpoints(out)[-1] if config.resume and list_checkpoints(out) else None
     if resume_from is None:
         start_fresh(out)
@@ -75,116 +119,42 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
     attn = resolve_attn_implementation(config.attn_implementation)
     model = load_policy(load_path, dtype=torch.float32, attn_implementation=attn, device=device,
                         gradient_checkpointing=config.gradient_checkpointing)
-    ref_model = None
-    if config.kl_coef > 0:
-        ref_model = load_policy(str(base_path), dtype=dtype, attn_implementation=attn, device=device).eval()
-        ref_model.requires_grad_(False)
+    # the KL term needs reference log-probs whenever its weight is not 0, whatever its sign
+    ref_model = reference_model(base_path, dtype, attn, device) if config.kl_coef != 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step = load_trainer_state(resume_from, optimizer) if resume_from else 0
     metrics_path = out / "metrics.jsonl"
     truncate_metrics(metrics_path, step)
 
     # --- rollout engine -----------------------------------------------------------------
-    prompt_texts = [config.prompt_template.format(prompt=e.prompt) for e in train_set]
-    prompt_ids = [tokenizer(t)["input_ids"] for t in prompt_texts]
+    prompts = tokenize_prompts(train_set, tokenizer, config.prompt_template)
     if engine is None:
-        eval_ids = [tokenizer(config.prompt_template.format(prompt=e.prompt))["input_ids"] for e in eval_set]
-        engine = RolloutEngine(load_path, dtype=str(dtype).removeprefix("torch."),
-                               max_model_len=max_model_len(config, prompt_ids + eval_ids), seed=config.seed,
-                               gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                               cpu_kvcache_gb=config.vllm_cpu_kvcache_gb)
+        eval_ids = tokenize_prompts(eval_set, tokenizer, config.prompt_template).ids
+        engine = start_engine(config, load_path, dtype, prompts.ids + eval_ids)
     engine.load_weights(model.state_dict().items())
 
-    def held_out_accuracy() -> float | None:
-        if not eval_set:
-            return None
-        result = evaluate(engine, tokenizer, eval_set[: config.eval_size], reward,
-                          prompt_template=config.prompt_template, max_new_tokens=config.max_new_tokens)
-        return result.accuracy
-
-    initial_accuracy = read_initial_accuracy(metrics_path) if step > 0 else held_out_accuracy()
     if step == 0:
+        initial_accuracy = held_out_accuracy(engine, tokenizer, eval_set, reward, config)
         append_metrics(metrics_path, {"step": 0, "accuracy": initial_accuracy})
-    accuracy = initial_accuracy
+    else:
+        initial_accuracy = read_initial_accuracy(metrics_path)
+    accuracy = initial_accuracy  # the latest evaluation's: shown by the progress bar, returned at the end
     bar = progress_bar(config, step)
 
     # --- training loop ------------------------------------------------------------------
     while step < config.steps:
         step += 1
-        t0 = time.perf_counter()
-        rows = prompt_indices(len(train_set), config.prompts_per_step, step, config.seed)
-        groups = engine.sample([prompt_ids[i] for i in rows], n=config.group_size, max_tokens=config.max_new_tokens,
-                               temperature=config.temperature, top_p=config.top_p,
-                               seeds=sampling_seeds(config.seed, step, len(rows), config.group_size))
-        rollout_time = time.perf_counter() - t0
-
-        # rewards and advantages: completions of one prompt are contiguous
-        reward.stats.reset()
-        samples = [(i, c) for i, group in zip(rows, groups, strict=True) for c in group]
-        texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for _, c in samples]
-        rewards = torch.tensor(reward.score([prompt_texts[i] for i, _ in samples], texts,
-                                            [train_set[i].answer for i, _ in samples]), dtype=torch.float32)
-        advantages = group_advantages(rewards, group_size=config.group_size, **config.advantage_kwargs).to(device)
-        batch = pack([prompt_ids[i] for i, _ in samples], [c.token_ids for _, c in samples],
-                     [c.logprobs for _, c in samples], pad_id=pad_id(tokenizer), device=device)
-
-        # the policy's own log-probs of what vLLM sampled, before the update
-        old_logprobs, entropy = score_tokens(model, batch, config, dtype)
-        ref_logprobs = score_tokens(ref_model, batch, config, dtype)[0] if ref_model is not None else None
-        mismatch = ((old_logprobs - batch.vllm_logprobs).abs() * batch.mask)
-        is_weights = None
-        if config.tis_cap is not None:
-            is_weights = torch.exp(old_logprobs - batch.vllm_logprobs).clamp(max=config.tis_cap) * batch.mask
-
-        # updates_per_step optimizer steps, each on its own slice of whole groups (PPO-style mini-batches);
-        # from the second on, the policy has moved away from the sampling one and the ratio clip acts
-        rows_per_update = len(batch) // config.updates_per_step
-        updates = []
-        for first in range(0, len(batch), rows_per_update):
-            rows = slice(first, first + rows_per_update)
-            part = batch.slice(rows.start, rows.stop)
-
-            def cut(t: torch.Tensor | None) -> torch.Tensor | None:
-                return None if t is None else t[rows, : part.mask.shape[1]]
-
-            updates.append(policy_update(model, optimizer, part, advantages[rows], cut(old_logprobs),
-                                         cut(ref_logprobs), cut(is_weights), config, dtype))
-        loss_metrics = merge_metrics(updates)
+        step_started = time.perf_counter()
+        samples = rollout(engine, prompts, tokenizer, step, config, device)
+        scores = score(model, ref_model, loss_fn, reward, samples, prompts, config, dtype)
+        losses = update(model, optimizer, loss_fn, samples.batch, scores, config, dtype)
         engine.load_weights(model.state_dict().items())
-
-        step_time = time.perf_counter() - t0
-        tokens = float(batch.mask.sum())
-        evaluated = step == config.steps or (config.eval_every > 0 and step % config.eval_every == 0)
+        step_time = time.perf_counter() - step_started
+        evaluated = due(step, config.eval_every, config.steps)
         if evaluated:
-            accuracy = held_out_accuracy()
-        grouped = rewards.view(-1, config.group_size)
-        row = {
-            "step": step,
-            "reward": rewards.mean().item(),
-            "train_accuracy": (rewards == 1).float().mean().item(),
-            "accuracy": accuracy if evaluated else None,
-            "entropy": (entropy * batch.mask).sum().item() / tokens,
-            **loss_metrics,
-            "logprob_mismatch": mismatch.sum().item() / tokens,
-            "logprob_mismatch_max": mismatch.max().item(),
-            "groups_all_wrong": (grouped.max(dim=1).values < 1).float().mean().item(),
-            "groups_all_right": (grouped.min(dim=1).values == 1).float().mean().item(),
-            "completion_tokens": tokens / len(batch),
-            "reward_errors": reward.stats.errors,
-            "reward_timeouts": reward.stats.timeouts,
-            "reward_non_finite": reward.stats.non_finite,
-            "lr": optimizer.param_groups[0]["lr"],
-            "rollout_time": rollout_time,
-            "step_time": step_time,
-            "tokens_per_s": tokens / step_time,
-        }
-        append_metrics(metrics_path, row)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{row['reward']:.3f}", acc="-" if accuracy is None else f"{accuracy:.3f}",
-                            ent=f"{row['entropy']:.3f}")
-        if step == config.steps or (config.checkpoint_every > 0 and step % config.checkpoint_every == 0):
-            save_checkpoint(out, step, model, tokenizer, optimizer, keep=config.keep_checkpoints)
+            accuracy = held_out_accuracy(engine, tokenizer, eval_set, reward, config)
+        log_step(step, samples, scores, losses, step_time=step_time, accuracy=accuracy, evaluated=evaluated,
+                 reward_stats=reward.stats, optimizer=optimizer, model=model, tokenizer=tokenizer, bar=bar, config=config)
         if stop_after is not None and step >= stop_after:
             break
 
@@ -196,57 +166,166 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
                        wall_time_s=time.perf_counter() - started, output_dir=out)
 
 
-def policy_update(model, optimizer, batch: PackedBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor,
-                  ref_logprobs: torch.Tensor | None, is_weights: torch.Tensor | None, config: TrainConfig,
-                  compute_dtype: torch.dtype) -> dict:
-    """One optimizer step on ``batch``: accumulate the fused loss's gradients over micro-batches, clip, step.
+def rollout(engine: RolloutEngine, prompts: Prompts, tokenizer, step: int, config: TrainConfig,
+            device: torch.device) -> Rollout:
+    """Step ``step``'s prompts, ``group_size`` vLLM samples each, packed for the trainer.
 
-    Returns the step's metrics (floats).
+    Prompts and sampling seeds are pure functions of (seed, step), so a resumed run samples
+    exactly what the uninterrupted one did.
+    """
+    started = time.perf_counter()
+    rows = prompt_indices(len(prompts.ids), config.prompts_per_step, step, config.seed)
+    groups = engine.sample([prompts.ids[i] for i in rows], n=config.group_size, max_tokens=config.max_new_tokens,
+                           temperature=config.temperature, top_p=config.top_p,
+                           seeds=sampling_seeds(config.seed, step, len(rows), config.group_size))
+    time_s = time.perf_counter() - started
+    samples = [(i, c) for i, group in zip(rows, groups, strict=True) for c in group]
+    batch = pack([prompts.ids[i] for i, _ in samples], [c.token_ids for _, c in samples],
+                 [c.logprobs for _, c in samples], pad_id=pad_id(tokenizer), device=device)
+    completions = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for _, c in samples]
+    return Rollout(prompts=[i for i, _ in samples], completions=completions, batch=batch, time_s=time_s)
+
+
+def score(model, ref_model, loss_fn: AsymGRPOLoss, reward: SafeReward, samples: Rollout, prompts: Prompts,
+          config: TrainConfig, compute_dtype: torch.dtype) -> Scores:
+    """Rewards and group advantages of the samples; the policy's (and reference's) log-probs of them, before the update."""
+    batch = samples.batch
+    reward.stats.reset()
+    scored = reward.score([prompts.texts[i] for i in samples.prompts], samples.completions,
+                          [prompts.answers[i] for i in samples.prompts])
+    # on the batch's device: the loss's backend (e.g. triton) computes the advantages too
+    rewards = torch.tensor(scored, dtype=torch.float32, device=batch.mask.device)
+    advantages = loss_fn.advantages(rewards, group_size=config.group_size)
+    # the ratio's denominator is the trainer's own log-prob, not vLLM's: the two differ by the
+    # engines' numerics (the mismatch), which the TIS weights (tis_cap) correct and the clip should not see
+    old_logprobs, entropy = score_tokens(model, batch, loss_fn, config.micro_batch_size, compute_dtype)
+    ref_logprobs = None
+    if ref_model is not None:
+        ref_logprobs = score_tokens(ref_model, batch, loss_fn, config.micro_batch_size, compute_dtype)[0]
+    is_weights = None
+    if config.tis_cap is not None:
+        is_weights = torch.exp(old_logprobs - batch.vllm_logprobs).clamp(max=config.tis_cap) * batch.mask
+    return Scores(rewards=rewards, advantages=advantages, old_logprobs=old_logprobs, entropy=entropy,
+                  ref_logprobs=ref_logprobs, mismatch=(old_logprobs - batch.vllm_logprobs).abs() * batch.mask,
+                  is_weights=is_weights)
+
+
+def update(model, optimizer, loss_fn: AsymGRPOLoss, batch: PackedBatch, scores: Scores, config: TrainConfig,
+           compute_dtype: torch.dtype) -> dict[str, float]:
+    """``updates_per_step`` optimizer steps, each on its own slice of whole groups (PPO-style mini-batches).
+
+    From the second on, the policy has moved away from the sampling one and the ratio clip acts.
+    Returns the steps' merged metrics.
+    """
+    rows = len(batch) // config.updates_per_step
+    metrics = []
+    for start in range(0, len(batch), rows):
+        stop = start + rows
+        part = batch.slice(start, stop)
+        width = part.mask.shape[1]
+        metrics.append(policy_update(
+            model, optimizer, loss_fn, part, scores.advantages[start:stop],
+            crop(scores.old_logprobs, start, stop, width), crop(scores.ref_logprobs, start, stop, width),
+            crop(scores.is_weights, start, stop, width), micro_batch_size=config.micro_batch_size,
+            max_grad_norm=config.max_grad_norm, compute_dtype=compute_dtype,
+        ))
+    return merge_metrics(metrics)
+
+
+def log_step(step: int, samples: Rollout, scores: Scores, losses: dict[str, float], *, step_time: float,
+             accuracy: float | None, evaluated: bool, reward_stats: RewardStats, optimizer, model, tokenizer, bar,
+             config: TrainConfig) -> None:
+    """Append the step's metrics.jsonl row, advance the progress bar, save a checkpoint when one is due.
+
+    accuracy: the latest held-out accuracy (the bar's); the row has it only if ``evaluated`` this
+    step. reward_stats: the failed reward calls since ``score`` reset them, so on an evaluated
+    step they include the held-out evaluation's.
+    """
+    batch, rewards = samples.batch, scores.rewards
+    tokens = float(batch.mask.sum())
+    grouped = rewards.view(-1, config.group_size)
+    row = {
+        "step": step,
+        "reward": rewards.mean().item(),
+        "train_accuracy": (rewards == 1).float().mean().item(),
+        "accuracy": accuracy if evaluated else None,
+        "entropy": scores.entropy.sum().item() / tokens,
+        **losses,
+        "logprob_mismatch": scores.mismatch.sum().item() / tokens,
+        "logprob_mismatch_max": scores.mismatch.max().item(),
+        "groups_all_wrong": (grouped.max(dim=1).values < 1).float().mean().item(),
+        "groups_all_right": (grouped.min(dim=1).values == 1).float().mean().item(),
+        "completion_tokens": tokens / len(batch),
+        "reward_errors": reward_stats.errors,
+        "reward_timeouts": reward_stats.timeouts,
+        "reward_non_finite": reward_stats.non_finite,
+        "lr": optimizer.param_groups[0]["lr"],
+        "rollout_time": samples.time_s,
+        "step_time": step_time,
+        "tokens_per_s": tokens / step_time,
+    }
+    out = Path(config.output_dir)
+    append_metrics(out / "metrics.jsonl", row)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward']:.3f}", acc="-" if accuracy is None else f"{accuracy:.3f}",
+                        ent=f"{row['entropy']:.3f}")
+    if due(step, config.checkpoint_every, config.steps):
+        save_checkpoint(out, step, model, tokenizer, optimizer, keep=config.keep_checkpoints)
+
+
+def policy_update(model, optimizer, loss_fn: AsymGRPOLoss, batch: PackedBatch, advantages: torch.Tensor,
+                  old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None = None,
+                  is_weights: torch.Tensor | None = None, *, micro_batch_size: int, max_grad_norm: float,
+                  compute_dtype: torch.dtype) -> dict[str, float]:
+    """One optimizer step on ``batch``: accumulate ``loss_fn``'s gradients over micro-batches, clip, step.
+
+    Returns the step's metrics (floats). max_grad_norm 0 is no clipping.
 
     num_items is the whole step's token count (token-mean) or sequence count (seq-mean-*), so
     the accumulated gradient equals that of one big batch.
     """
-    num_items = float(batch.mask.sum()) if config.loss_agg == "token-mean" else float(len(batch))
+    num_items = float(batch.mask.sum()) if loss_fn.options.loss_agg == "token-mean" else float(len(batch))
     optimizer.zero_grad(set_to_none=True)
     total_loss, parts = 0.0, []
-    for start in range(0, len(batch), config.micro_batch_size):
-        stop = min(start + config.micro_batch_size, len(batch))
+    for start in range(0, len(batch), micro_batch_size):
+        stop = min(start + micro_batch_size, len(batch))
         micro = batch.slice(start, stop)
         width = micro.mask.shape[1]
-
-        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[start:stop, :width]
-
         hidden = last_hidden(model, micro.input_ids[:, :-1], compute_dtype)
-        loss, metrics = fused_linear_asymgrpo_loss(
+        loss, metrics = loss_fn(
             hidden, lm_head_weight(model, compute_dtype), micro.targets, micro.mask, advantages[start:stop],
-            old_logprobs=cut(old_logprobs), ref_logprobs=cut(ref_logprobs), is_weights=cut(is_weights),
-            temperature=config.temperature, backend=config.loss_backend, clip_low=config.clip_low,
-            clip_high=config.clip_high, dual_clip=config.dual_clip, kl_coef=config.kl_coef,
-            kl_estimator=config.kl_estimator, entropy_coef=config.entropy_coef, loss_agg=config.loss_agg,
-            max_len=config.max_new_tokens if config.loss_agg == "seq-mean-token-sum-norm" else None,
-            num_items=num_items,
+            old_logprobs=crop(old_logprobs, start, stop, width), ref_logprobs=crop(ref_logprobs, start, stop, width),
+            is_weights=crop(is_weights, start, stop, width), num_items=num_items,
         )
         loss.backward()
         total_loss += loss.item()
         parts.append(metrics)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
     optimizer.step()
     return {"loss": total_loss, "grad_norm": float(grad_norm), **merge_metrics(parts)}
 
 
 @torch.no_grad()
-def score_tokens(model, batch: PackedBatch, config: TrainConfig,
+def score_tokens(model, batch: PackedBatch, loss_fn: AsymGRPOLoss, micro_batch_size: int,
                  compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T-1] log-probs of the batch's targets and entropies under ``model`` (0 off the mask), micro-batched."""
+    """[B, T-1] log-probs of the batch's targets and entropies under ``model`` (0 off the mask), micro-batched.
+
+    At ``loss_fn``'s temperature and backend, so that they are the log-probs its loss will see.
+    """
     logprobs, entropy = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
     targets = torch.where(batch.mask > 0, batch.targets, -100)
-    for start in range(0, len(batch), config.micro_batch_size):
-        rows = slice(start, start + config.micro_batch_size)
-        lp, ent = sequence_logprobs(model, batch.input_ids[rows], targets[rows], temperature=config.temperature,
-                                    backend=config.loss_backend, compute_dtype=compute_dtype)
+    for start in range(0, len(batch), micro_batch_size):
+        rows = slice(start, start + micro_batch_size)
+        lp, ent = sequence_logprobs(model, batch.input_ids[rows], targets[rows], temperature=loss_fn.temperature,
+                                    backend=loss_fn.backend, compute_dtype=compute_dtype)
         logprobs[rows], entropy[rows] = lp, ent
     return logprobs * batch.mask, entropy * batch.mask
+
+
+def crop(t: torch.Tensor | None, start: int, stop: int, width: int) -> torch.Tensor | None:
+    """Rows start:stop of a [B, T-1] tensor, cut to a sliced batch's width (``PackedBatch.slice``)."""
+    return None if t is None else t[start:stop, :width]
 
 
 def merge_metrics(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -263,6 +342,20 @@ def merge_metrics(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
             total = sum(float(p[count]) for p in parts)
             merged[key] = sum(float(p[key]) * float(p[count]) for p in parts) / total if total else 0.0
     return merged
+
+
+def held_out_accuracy(engine: RolloutEngine, tokenizer, eval_set: list[Example], reward: SafeReward,
+                      config: TrainConfig) -> float | None:
+    """Greedy accuracy on the first ``eval_size`` held-out examples; None without held-out data."""
+    if not eval_set:
+        return None
+    return evaluate(engine, tokenizer, eval_set[: config.eval_size], reward, prompt_template=config.prompt_template,
+                    max_new_tokens=config.max_new_tokens).accuracy
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """Whether a periodic action (every ``every`` steps; 0 = never) or the final one falls on ``step``."""
+    return step == last or (every > 0 and step % every == 0)
 
 
 # --- setup helpers ---------------------------------------------------------------------
@@ -303,6 +396,26 @@ def initial_model(config: TrainConfig, train_set: list[Example], out: Path) -> P
         base = Path(config.model).resolve() if Path(config.model).exists() else config.model
     (out / "run.json").write_text(json.dumps({"base_model": str(base), "config": config.to_dict()}, indent=1))
     return base
+
+
+def reference_model(path: Path | str, compute_dtype: torch.dtype, attn_implementation: str, device: torch.device):
+    """The frozen model of the KL term: the starting weights, in the compute dtype, without gradients."""
+    model = load_policy(str(path), dtype=compute_dtype, attn_implementation=attn_implementation, device=device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def tokenize_prompts(examples: list[Example], tokenizer, template: str) -> Prompts:
+    texts = [template.format(prompt=e.prompt) for e in examples]
+    return Prompts(texts=texts, ids=[tokenizer(t)["input_ids"] for t in texts], answers=[e.answer for e in examples])
+
+
+def start_engine(config: TrainConfig, path: str, compute_dtype: torch.dtype, prompts: list[list[int]]) -> RolloutEngine:
+    """A vLLM engine on ``path``, in the policy's compute dtype, long enough for every prompt in ``prompts``."""
+    return RolloutEngine(path, dtype=str(compute_dtype).removeprefix("torch."),
+                         max_model_len=max_model_len(config, prompts), seed=config.seed,
+                         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                         cpu_kvcache_gb=config.vllm_cpu_kvcache_gb)
 
 
 def max_model_len(config: TrainConfig, prompts: list[list[int]]) -> int:

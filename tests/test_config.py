@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from asymgrpo.config import ConfigError, TrainConfig, config_fields
+from asymgrpo_kernels import AdvantageOptions, LossOptions
 
 
 def test_defaults_are_valid_and_documented():
@@ -42,10 +43,14 @@ def test_wrong_type_is_named(key, value, expected):
     ("lr", -1e-4, "lr must be > 0"),
     ("clip_low", 1.0, "clip_low must be < 1"),
     ("top_p", 1.5, "top_p must be in"),
+    ("clip_high", -0.1, "clip_high must be a finite number >= 0"),
     ("dual_clip", 0.5, "dual_clip must be > 1"),
     ("preset", "ppo", "preset must be one of"),
+    ("beta_neg", -0.5, "beta_neg must be a finite number >= 0"),
     ("loss_agg", "mean", "loss_agg must be one of"),
+    ("kl_estimator", "k4", "kl_estimator must be one of"),
     ("normalize", "minmax", "normalize must be one of"),
+    ("loss_backend", "cuda", "loss_backend must be one of"),
     ("prompt_template", "Q: {question}", "prompt_template must contain"),
     ("prompt_template", "{prompt} in \\boxed{}", "only field is"),
     ("dataset", "/nonexistent/data.jsonl", "does not exist"),
@@ -55,6 +60,35 @@ def test_wrong_type_is_named(key, value, expected):
 def test_impossible_value_is_named(key, value, expected):
     with pytest.raises(ConfigError, match=expected):
         TrainConfig.from_dict({key: value})
+
+
+def test_objective_errors_are_the_kernels_own():
+    """The objective's keys are checked by asymgrpo_kernels: same rule, same message, as a ConfigError."""
+    with pytest.raises(ValueError) as kernel_error:
+        LossOptions(clip_low=1.0)
+    with pytest.raises(ConfigError) as config_error:
+        TrainConfig.from_dict({"clip_low": 1.0})
+    assert str(config_error.value) == str(kernel_error.value)
+
+
+def test_objective_accepts_what_the_loss_accepts():
+    """kl_coef and entropy_coef are any finite numbers, as in LossOptions (a negative entropy_coef penalizes entropy)."""
+    config = TrainConfig.from_dict({"entropy_coef": -0.01, "kl_coef": -0.1})
+    assert (config.loss_module().options.entropy_coef, config.loss_module().options.kl_coef) == (-0.01, -0.1)
+
+
+def test_loss_module_carries_the_objective():
+    config = TrainConfig.from_dict({"preset": "dr_grpo", "beta_pos": 0.7, "clip_low": 0.1, "clip_high": 0.3,
+                                    "dual_clip": 3.0, "kl_coef": 0.05, "kl_estimator": "k2", "entropy_coef": 0.01,
+                                    "loss_agg": "seq-mean-token-sum-norm", "max_new_tokens": 12, "temperature": 0.7,
+                                    "loss_backend": "torch"})
+    loss_fn = config.loss_module()
+    assert loss_fn.advantage_options == AdvantageOptions(beta_pos=0.7, beta_neg=0.5, normalize="none")
+    assert loss_fn.options == LossOptions(clip_low=0.1, clip_high=0.3, dual_clip=3.0, kl_coef=0.05, kl_estimator="k2",
+                                          entropy_coef=0.01, loss_agg="seq-mean-token-sum-norm", max_len=12)
+    assert (loss_fn.temperature, loss_fn.backend) == (0.7, "torch")
+    # Dr. GRPO's constant is max_new_tokens only for the aggregation that uses one
+    assert TrainConfig(loss_agg="seq-mean-token-sum").loss_module().options.max_len is None
 
 
 def test_command_line_strings_are_parsed():
@@ -68,7 +102,7 @@ def test_yaml_then_overrides(tmp_path):
     path.write_text("group_size: 4\npreset: grpo\nbeta_neg: 0.3\n")
     config = TrainConfig.load(path, {"group_size": "6"})
     assert config.group_size == 6 and config.preset == "grpo"
-    assert config.advantage_kwargs == {"beta_pos": 0.5, "beta_neg": 0.3, "normalize": "std"}
+    assert config.loss_module().advantage_options == AdvantageOptions(beta_pos=0.5, beta_neg=0.3, normalize="std")
     path.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         TrainConfig.load(path)

@@ -38,14 +38,13 @@ def _grads_after_update(micro_batch_size, loss_agg, checkpointing=False):
     if checkpointing:
         model.gradient_checkpointing_enable()
     batch = _batch()
-    config = TrainConfig(micro_batch_size=micro_batch_size, loss_agg=loss_agg)
+    loss_fn = TrainConfig(loss_agg=loss_agg).loss_module()
     advantages = torch.linspace(-1.5, 2.0, len(batch))
-    old_logprobs, _ = score_tokens(model, batch, config)
+    old_logprobs, _ = score_tokens(model, batch, loss_fn, micro_batch_size)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    metrics = policy_update(model, optimizer, batch, advantages, old_logprobs, None, None,
-                            TrainConfig(micro_batch_size=micro_batch_size, loss_agg=loss_agg, max_grad_norm=0.0),
-                            torch.float32)
+    metrics = policy_update(model, optimizer, loss_fn, batch, advantages, old_logprobs,
+                            micro_batch_size=micro_batch_size, max_grad_norm=0.0, compute_dtype=torch.float32)
     return {n: before[n] - p.detach() for n, p in model.named_parameters()}, metrics
 
 
@@ -68,9 +67,10 @@ def test_bfloat16_compute_keeps_float32_master_weights():
     hidden = last_hidden(model, batch.input_ids[:, :-1], torch.bfloat16)
     assert hidden.dtype == torch.bfloat16 and lm_head_weight(model, torch.bfloat16).dtype == torch.bfloat16
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    old_logprobs, _ = score_tokens(model, batch, TrainConfig(), torch.bfloat16)
-    metrics = policy_update(model, optimizer, batch, torch.linspace(-1, 1, len(batch)), old_logprobs, None, None,
-                            TrainConfig(), torch.bfloat16)
+    loss_fn = TrainConfig().loss_module()
+    old_logprobs, _ = score_tokens(model, batch, loss_fn, 256, torch.bfloat16)
+    metrics = policy_update(model, optimizer, loss_fn, batch, torch.linspace(-1, 1, len(batch)), old_logprobs,
+                            micro_batch_size=256, max_grad_norm=1.0, compute_dtype=torch.bfloat16)
     assert all(p.dtype == torch.float32 and p.grad is not None for p in model.parameters())
     assert metrics["grad_norm"] > 0
 

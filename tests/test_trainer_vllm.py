@@ -56,8 +56,7 @@ def _trainer_logprobs(model, prompt, completion):
     from asymgrpo.trainer import score_tokens
 
     batch = pack([prompt], [completion.token_ids], [completion.logprobs], pad_id=0, device=torch.device("cpu"))
-    config = TrainConfig(micro_batch_size=8)
-    logprobs, _ = score_tokens(model, batch, config)
+    logprobs, _ = score_tokens(model, batch, TrainConfig().loss_module(), micro_batch_size=8)
     return logprobs[batch.mask > 0], batch.vllm_logprobs[batch.mask > 0]
 
 

@@ -18,13 +18,12 @@ from ..policy import sequence_logprobs
 
 
 def supervised_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], *,
-                      steps: int, lr: float, batch_size: int, seed: int) -> list[float]:
-    """Train ``model`` in place with AdamW on random batches of ``examples``; returns the loss of each step."""
+                      steps: int, lr: float, batch_size: int, seed: int) -> None:
+    """Train ``model`` in place with AdamW on random batches of ``examples``."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     prompts = [tokenizer.encode(e.prompt) for e in examples]
     answers = [tokenizer.encode(e.answer) + [tokenizer.eos_token_id] for e in examples]
-    losses = []
     model.train()
     for _ in range(steps):
         rows = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
@@ -35,8 +34,6 @@ def supervised_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 def build_embedded_checkpoint(folder: str | Path, examples: list[Example], *, steps: int, lr: float, batch_size: int,
