@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from . import memory
-from .cases import Inputs, Shape, shapes_for
+from .cases import Inputs, Shape, impl_runs_at, modes_for, shapes_for
 from .peers import TASK_DESCRIPTIONS, Adapter, adapter, adapters, baseline_name, objective
 from .results import Recorder
 
@@ -41,13 +41,18 @@ class Case:
 
 
 def cases(suite: str, preset: str, tasks: tuple[str, ...]) -> list[Case]:
-    """Every case of a suite: shape outermost (inputs are built once per shape), floor first."""
+    """Every case of a suite: shape outermost (inputs are built once per shape), floor first.
+
+    Prompt shapes run only the implementations and modes ``cases.impl_runs_at`` and
+    ``cases.modes_for`` allow.
+    """
     return [
         Case(suite, task, impl.name, shape, mode)
         for shape in shapes_for(suite, preset)
         for task in ("floor",) + tasks
         for impl in adapters(task)
-        for mode in MODES
+        if impl_runs_at(shape, impl.name)
+        for mode in modes_for(shape, preset, MODES)
     ]
 
 
@@ -132,6 +137,7 @@ def _base_row(case: Case, impl: Adapter, device: torch.device) -> dict:
         "impl": impl.name, "label": impl.label, "backend": backend, "entropy": impl.entropy, "notes": impl.notes,
         "shape_id": case.shape.id, "shape": case.shape.as_dict(), "n_tokens": case.shape.n_tokens,
         "hidden": case.shape.hidden, "vocab": case.shape.vocab, "dtype": case.shape.dtype, "mode": case.mode,
+        "prompt_pct": case.shape.prompt_pct,
     }
 
 
@@ -203,7 +209,7 @@ def _measure(case, impl, row, benchmark, recorder, device, rounds, warmup_rounds
         "memory_method": method,
         "status": "ok" if check["verdict"] != "MISMATCH" else "mismatch",
         "time_s": stats.median, "time_min_s": stats.min, "rounds": stats.rounds,
-        "peak_extra_bytes": int(extra), "check": check,
+        "peak_extra_bytes": int(extra), "check": check, "scored_tokens": inputs.scored_tokens(case.task),
     })
     benchmark.extra_info.update({k: row[k] for k in ("task", "impl", "mode", "peak_extra_bytes")})
     recorder.add(case.suite, row)

@@ -120,9 +120,11 @@ def _all(*checks: Callable[[torch.device], str | None]) -> Callable[[torch.devic
 
 def ours_backend(device: torch.device) -> str:
     """The backend "ours" means on ``device``: what backend="auto" picks there."""
-    from asymgrpo_kernels.dispatch import resolve_backend
+    from asymgrpo_kernels import dispatch
 
-    return resolve_backend("auto", device)
+    if hasattr(dispatch, "get_backend"):  # backend objects
+        return dispatch.get_backend("auto", device).name
+    return dispatch.resolve_backend("auto", device)  # earlier revisions: backend names
 
 
 # --------------------------------------------------------------------------- the floor
@@ -205,7 +207,7 @@ def _ours_logprob_entropy(backend: str, **options):
     def forward(inputs: Inputs, state: dict):
         from asymgrpo_kernels import fused_linear_logprob_entropy
 
-        return fused_linear_logprob_entropy(inputs.hidden, inputs.weight, inputs.targets, backend=backend, **options)
+        return fused_linear_logprob_entropy(inputs.hidden, inputs.weight, inputs.kernel_targets, backend=backend, **options)
 
     return forward
 
@@ -253,7 +255,7 @@ def _reference_asymgrpo_loss(inputs: Inputs, state: dict):
 def _reference_logprob_entropy(inputs: Inputs, state: dict):
     from asymgrpo_kernels.reference import logprob_entropy_reference
 
-    return logprob_entropy_reference(inputs.hidden, inputs.weight, inputs.targets)
+    return logprob_entropy_reference(inputs.hidden, inputs.weight, inputs.kernel_targets)
 
 
 _OURS_KERNEL = _has_attr("asymgrpo_kernels", "fused_linear_logprob_entropy")

@@ -5,7 +5,9 @@
 FILES default to benchmarks/results/*.json. Suite files (written by the pytest suites) give
 one table each and, where N or V takes several values, one figure per task: forward +
 backward time and peak extra memory against N (at the most common H, V) and against V (at
-the most common N, H), one line per implementation. train_step files give a small table.
+the most common N, H), one line per implementation; prompt shapes (and suites with a single
+plain shape) get bar charts per shape instead. train_step and compare_revisions files give a
+small table each.
 """
 
 from __future__ import annotations
@@ -33,6 +35,49 @@ def _check_cell(row: dict) -> str:
     return verdict.split(" (")[0]
 
 
+def _n_cell(row: dict) -> str:
+    """N, with the prompt share on prompt shapes (e.g. "4096, prompt 50%")."""
+    pct = _prompt_pct(row)
+    return f"{row['n_tokens']}, prompt {pct}%" if pct else str(row["n_tokens"])
+
+
+def _scored_cell(row: dict) -> str:
+    """Tokens whose result counts for the task (the floor projects them all)."""
+    scored = row.get("scored_tokens")
+    return "-" if scored is None else str(scored)
+
+
+def prompt_table(rows: list[dict]) -> list[str]:
+    """Lines of a second table for prompt-shape rows: each against its full-mask twin."""
+    prompt = [r for r in rows if r["status"] in ("ok", "mismatch") and _prompt_pct(r)]
+    if not prompt:
+        return []
+    pcts = "/".join(f"{p}%" for p in sorted({_prompt_pct(r) for r in prompt}))
+    lines = [
+        "",
+        f"Prompt tokens: the same inputs with the first {pcts} of every sequence prompt (mask 0 for the loss, "
+        "target -100 for the kernel). The floor and the materialized reference still project all N tokens; "
+        "`x full mask` divides by the same implementation's time at the plain shape (close to the scored share "
+        "when only scored rows are projected).",
+        "",
+        "| task | implementation | shape | mode | scored / N | time (ms) | full mask (ms) | x full mask "
+        "| x floor (all N) | x reference | peak extra (MiB) | memory x full mask |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    full = {(r["task"], r["impl"], r["shape_id"], r["mode"]): r for r in rows if r["status"] in ("ok", "mismatch")}
+    for r in prompt:
+        base_id = r["shape_id"].rsplit("-prompt", 1)[0]
+        twin = full.get((r["task"], r["impl"], base_id, r["mode"]))
+        lines.append(
+            f"| {r['task']} | {r['label']} | {r['shape_id']} | {r['mode']} | {_scored_cell(r)} / {r['n_tokens']} "
+            f"| {r['time_s'] * 1e3:.1f} | {_fmt(twin and twin['time_s'] * 1e3, '.1f')} "
+            f"| {_fmt(r.get('time_vs_full_mask'), '.2f')} | {_fmt(r.get('time_vs_floor'), '.2f')} "
+            f"| {_fmt(r.get('time_vs_reference'), '.2f')} | {r['peak_extra_bytes'] / MIB:.0f} "
+            f"| {_fmt(r.get('memory_vs_full_mask'), '.2f')} |"
+        )
+    return lines
+
+
 def suite_table(doc: dict) -> str:
     """Markdown for one suite file: a header with the run's metadata, the table, the skips."""
     meta = doc["meta"]
@@ -43,9 +88,9 @@ def suite_table(doc: dict) -> str:
         f"{meta['date_utc']}, commit {meta.get('git_commit')}, preset `{meta['preset']}`, torch {meta['torch']}"
         + (f" (CUDA {meta['cuda']})" if meta.get("cuda") else "") + f", {versions}.",
         "",
-        "| task | implementation | N | H | V | dtype | mode | time (ms) | x reference | x floor | TFLOP/s "
+        "| task | implementation | N | scored | H | V | dtype | mode | time (ms) | x reference | x floor | TFLOP/s "
         "| peak extra (MiB) | memory x reference | entropy | agrees with ours |",
-        "|---|---|--:|--:|--:|---|---|--:|--:|--:|--:|--:|--:|---|---|",
+        "|---|---|--:|--:|--:|--:|---|---|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     skipped = defaultdict(list)
     for r in doc["rows"]:
@@ -53,11 +98,13 @@ def suite_table(doc: dict) -> str:
             skipped[(r["label"], r["status"], r.get("reason", ""))].append(f"{r['shape_id']} {r['mode']}")
             continue
         lines.append(
-            f"| {r['task']} | {r['label']} | {r['n_tokens']} | {r['hidden']} | {r['vocab']} | {r['dtype']} | {r['mode']} "
+            f"| {r['task']} | {r['label']} | {_n_cell(r)} | {_scored_cell(r)} | {r['hidden']} | {r['vocab']} | {r['dtype']} "
+            f"| {r['mode']} "
             f"| {r['time_s'] * 1e3:.1f} | {_fmt(r.get('time_vs_reference'), '.2f')} | {_fmt(r.get('time_vs_floor'), '.2f')} "
             f"| {r['tflops']:.3g} | {r['peak_extra_bytes'] / MIB:.0f} | {_fmt(r.get('memory_vs_reference'), '.3f')} "
             f"| {r['entropy']} | {_check_cell(r)} |"
         )
+    lines += prompt_table(doc["rows"])
     if skipped:
         lines += ["", "Not measured:"]
         for (label, status, reason), where in skipped.items():
@@ -73,21 +120,59 @@ def suite_table(doc: dict) -> str:
 
 def train_step_table(doc: dict) -> str:
     meta = doc["meta"]
+    tokens = f"{doc['batch']} x {doc['seq']} tokens"
+    if "prompt" in doc:
+        tokens = (f"{doc['batch']} x ({doc['prompt']} prompt + {doc['completion']} completion) tokens, "
+                  f"{doc['scored_tokens']} of {doc['loss_rows']} loss rows scored")
+    cpu = any("peak_extra_bytes" in r for r in doc["rows"])
     lines = [
         f"### Training step of a randomly initialised {doc['model']} on {meta['device_name']}",
         "",
-        f"{meta['date_utc']}, torch {meta['torch']}, {doc['batch']} x {doc['seq']} tokens, {doc['dtype']}, "
-        f"median of {doc['timed_steps']} steps after {doc['warmup_steps']} warm-up steps.",
+        f"{meta['date_utc']}, torch {meta['torch']}, {tokens}, {doc['dtype']}, "
+        f"median of {doc['timed_steps']} steps after {doc['warmup_steps']} warm-up steps"
+        + (", gradient checkpointing" if doc.get("gradient_checkpointing") else "")
+        + (", each path in a fresh process (peak RSS)." if cpu else "."),
         "",
-        "| loss path | step time (s) | peak memory (GiB) | loss |",
-        "|---|--:|--:|--:|",
+        "| loss path | step time (s) | peak memory (GiB) |" + (" peak extra over model + AdamW state (GiB) |" if cpu else "")
+        + " loss |",
+        "|---|--:|--:|" + ("--:|" if cpu else "") + "--:|",
     ]
     for r in doc["rows"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['path']} | {r['status']}: {r.get('reason', '')} | | |")
+            lines.append(f"| {r['path']} | {r['status']}: {r.get('reason', '')} | |" + (" |" if cpu else "") + " |")
             continue
         peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"
-        lines.append(f"| {r['path']} | {r['step_time_s']:.3f} | {peak} | {r['loss']:.4f} |")
+        extra = f" {_fmt(r.get('peak_extra_bytes') and r['peak_extra_bytes'] / 2**30, '.2f')} |" if cpu else ""
+        lines.append(f"| {r['path']} | {r['step_time_s']:.3f} | {peak} |{extra} {r['loss']:.4f} |")
+    return "\n".join(lines)
+
+
+def compare_table(doc: dict) -> str:
+    """Markdown for a compare_revisions.py file: base revision vs working tree, per case."""
+    meta, base, new = doc["meta"], doc["base"], doc["new"]
+    tree = f"working tree (HEAD {new['head'][:12]}{', with uncommitted changes' if new.get('uncommitted_changes') else ''})"
+    lines = [
+        f"### asymgrpo_kernels: {tree} vs {base['rev']} ({base['commit'][:12]}) on {meta['device_name']}",
+        "",
+        f"{meta['date_utc']}, torch {meta['torch']}, backend {doc['backend']}, {doc['mode']}, size `{doc['size']}`, "
+        f"median of {doc['rounds']} rounds per side, the two sides alternating round by round in one process.",
+        "",
+        "| task | shape | scored / N | base (ms) | new (ms) | new / base | base min (ms) | new min (ms) "
+        "| base peak extra (MiB) | new peak extra (MiB) | memory new / base | new agrees with base |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in doc["rows"]:
+        check = r["check"]
+        err = max(check["errors"].values())
+        agree = f"{check['verdict']} ({err:.0e}, tol {check['tolerance']:g})"
+        mem = [r.get(f"{side}_peak_extra_bytes") for side in ("base", "new")]
+        lines.append(
+            f"| {r['task']} | {r['shape_id']} | {r['scored_tokens']} / {r['n_tokens']} "
+            f"| {r['base_time_s'] * 1e3:.1f} | {r['new_time_s'] * 1e3:.1f} | {r['time_ratio']:.3f} "
+            f"| {r['base_time_min_s'] * 1e3:.1f} | {r['new_time_min_s'] * 1e3:.1f} "
+            f"| {_fmt(mem[0] and mem[0] / MIB, '.0f')} | {_fmt(mem[1] and mem[1] / MIB, '.0f')} "
+            f"| {_fmt(r.get('memory_ratio'), '.2f')} | {agree} |"
+        )
     return "\n".join(lines)
 
 
@@ -101,6 +186,10 @@ def _slices(rows: list[dict]) -> dict[str, tuple[str, list[dict]]]:
     }
 
 
+def _prompt_pct(row: dict) -> int:
+    return row.get("prompt_pct") or (row.get("shape") or {}).get("prompt_pct", 0)
+
+
 def suite_plots(doc: dict, png_dir: Path, stem: str, mode: str = "fwd+bwd") -> list[Path]:
     """One PNG per task with 2 x 2 panels: time and memory against N and against V."""
     import matplotlib
@@ -108,14 +197,20 @@ def suite_plots(doc: dict, png_dir: Path, stem: str, mode: str = "fwd+bwd") -> l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [r for r in doc["rows"] if r["status"] in ("ok", "mismatch") and r["mode"] == mode]
+    ok = [r for r in doc["rows"] if r["status"] in ("ok", "mismatch")]
+    prompt = [r for r in ok if _prompt_pct(r)]
+    measured = [r for r in ok if r["mode"] == mode and not _prompt_pct(r)]
     paths = []
     for task in sorted({r["task"] for r in measured} - {"floor"}):
         rows = [r for r in measured if r["task"] in (task, "floor")]
         slices = _slices(rows)
+        # Prompt shapes share N, H, V with a plain one: bars of their own, never points on the lines.
+        bars = [r for r in prompt if r["task"] in (task, "floor")]
         if all(len({r[axis] for r in sl}) < 2 for axis, (_, sl) in slices.items()):
-            paths += _shape_bars(doc, [r for r in doc["rows"] if r["status"] in ("ok", "mismatch")
-                                       and r["task"] in (task, "floor")], png_dir, f"{stem}-{task}", plt)
+            bars += [r for r in ok if r["task"] in (task, "floor") and not _prompt_pct(r)]
+        if bars:
+            paths += _shape_bars(doc, bars, png_dir, f"{stem}-{task}", plt)
+        if all(len({r[axis] for r in sl}) < 2 for axis, (_, sl) in slices.items()):
             continue
         fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
         for col, (axis, (fixed, sl)) in enumerate(slices.items()):
@@ -193,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"wrote {png}")
         elif doc.get("kind") == "train_step":
             sections.append(train_step_table(doc))
+        elif doc.get("kind") == "compare_revisions":
+            sections.append(compare_table(doc))
     args.md.parent.mkdir(parents=True, exist_ok=True)
     args.md.write_text("# Benchmark results\n\nGenerated by `python benchmarks/plot.py` from the JSON files beside it.\n\n"
                        + "\n\n".join(sections) + "\n")

@@ -3,7 +3,9 @@
 Ratios: ``time_vs_reference`` and ``memory_vs_reference`` divide by the row of the same task,
 shape and mode whose implementation is "reference"; ``time_vs_floor`` divides by the floor
 row of the same shape and mode; ``tflops`` is the LM head's useful FLOPs (2NHV forward,
-6NHV forward + backward) over the median time.
+6NHV forward + backward, over all N tokens, scored or not) over the median time. On a
+prompt shape (``prompt_pct`` > 0), ``time_vs_full_mask`` / ``memory_vs_full_mask`` divide by
+the row of the same task, implementation and mode at the plain twin shape.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     measured = [r for r in rows if r["status"] in ("ok", "mismatch")]
     reference = {(r["task"],) + key(r): r for r in measured if r["impl"] == "reference"}
     floor = {key(r): r for r in measured if r["task"] == "floor"}
+    by_impl = {(r["task"], r["impl"]) + key(r): r for r in measured}
     out = []
     for row in rows:
         row = dict(row)
@@ -121,5 +124,11 @@ def with_ratios(rows: list[dict]) -> list[dict]:
             )
             row["time_vs_floor"] = row["time_s"] / flo["time_s"] if flo else None
             row["memory_vs_fp32_logits"] = row["peak_extra_bytes"] / shape.logits_bytes(4)
+            if shape.prompt_pct:
+                full = by_impl.get((row["task"], row["impl"], shape.base_id, row["mode"]))
+                row["time_vs_full_mask"] = row["time_s"] / full["time_s"] if full else None
+                row["memory_vs_full_mask"] = (
+                    row["peak_extra_bytes"] / full["peak_extra_bytes"] if full and full["peak_extra_bytes"] > 0 else None
+                )
         out.append(row)
     return out

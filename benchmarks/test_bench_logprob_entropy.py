@@ -1,5 +1,6 @@
 """Kernel core: fused_linear_logprob_entropy (torch and triton backends) vs the materialized
-reference and the three-matmul floor, forward and forward + backward (issue 2, item 8)."""
+reference and the three-matmul floor, forward and forward + backward; also with the first
+half of every sequence ignored (target -100, shape id suffix -prompt50)."""
 
 from .conftest import parametrize_cases
 from .harness import run_case

@@ -1,5 +1,6 @@
 """The whole fused AsymGRPO loss (clip-higher, k3 KL, entropy bonus) vs the materialized
-reference composition and the three-matmul floor (issue 3, item 6)."""
+reference composition and the three-matmul floor; also with the first half of every
+sequence prompt (mask 0, shape id suffix -prompt50)."""
 
 from .conftest import parametrize_cases
 from .harness import run_case

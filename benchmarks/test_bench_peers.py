@@ -1,4 +1,4 @@
-"""Ours vs the libraries users would pick instead, on one grid (issue 5): the GRPO loss as
+"""Ours vs the libraries users would pick instead, on one grid: the GRPO loss as
 Liger defines it (PyTorch eager and compiled, LigerFusedLinearGRPOLoss, Liger's
 triton_grpo_loss on matmul logits) and log-probs alone (PyTorch, cut_cross_entropy)."""
 
