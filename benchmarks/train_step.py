@@ -31,7 +31,7 @@ timed steps. Reports the median step time, the peak RSS of the steps minus that 
 (``peak_extra_bytes``; VmHWM reset through /proc/self/clear_refs after the baseline) and the
 process's absolute peak RSS (``peak_bytes``, VmHWM over the whole process). --layers L
 builds only L of the 24 layers (a quick check; the LM head and the batch stay the same).
-The full run takes about 10-15 minutes on 2 cores.
+The full run takes about 13 minutes on 2 cores; the materialized path peaks near 18.3 GiB RSS.
 """
 
 from __future__ import annotations
