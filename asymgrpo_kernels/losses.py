@@ -152,6 +152,13 @@ class AsymGRPOLoss(nn.Module):
     ) -> None:
         super().__init__()
         advantage_names = set(AdvantageOptions.field_names())
+        unknown = sorted(set(overrides) - advantage_names - set(LossOptions.field_names()))
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; AsymGRPOLoss takes the "
+                f"AdvantageOptions fields ({', '.join(AdvantageOptions.field_names())}) and the LossOptions "
+                f"fields ({', '.join(LossOptions.field_names())})"
+            )
         self.preset = preset
         self.advantage_options = AdvantageOptions.from_preset(
             preset, **{k: v for k, v in overrides.items() if k in advantage_names}
@@ -163,7 +170,11 @@ class AsymGRPOLoss(nn.Module):
     def advantages(
         self, rewards: torch.Tensor, group_ids: torch.Tensor | None = None, *, group_size: int | None = None
     ) -> torch.Tensor:
-        """[B] float32 advantages of ``rewards`` [B] with this module's options (see group_advantages)."""
+        """[B] float32 advantages of ``rewards`` [B] with this module's options (see group_advantages).
+
+        They are computed by this module's backend, so with ``backend="triton"`` the rewards must
+        be on the CUDA device (or Triton's interpreter must be on).
+        """
         return group_advantages(
             rewards, group_ids, group_size=group_size, backend=self.backend, options=self.advantage_options
         )

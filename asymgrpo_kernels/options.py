@@ -109,10 +109,12 @@ class LossOptions(_Validated):
         clip_high: non-negative; the ratio's upper clip is 1 + clip_high (clip_high > clip_low is
             DAPO's clip-higher).
         dual_clip: None, or c > 1: for A < 0 the token loss is capped at -A * c.
-        kl_coef: weight of the KL term to the reference policy (needs ref_logprobs when != 0).
+        kl_coef: non-negative weight of the KL term to the reference policy (needs
+            ref_logprobs when != 0).
         kl_estimator: "k1", "k2" or "k3" of d = ref_logp - logp (k1 = -d, k2 = d^2 / 2,
             k3 = exp(d) - d - 1).
-        entropy_coef: the token loss gets -entropy_coef * H (needs the entropy when != 0).
+        entropy_coef: the token loss gets -entropy_coef * H (needs the entropy when != 0): a
+            bonus when positive, a penalty when negative.
         loss_agg: "token-mean", "seq-mean-token-mean", "seq-mean-token-sum" or
             "seq-mean-token-sum-norm" (sum / (B * max_len), Dr. GRPO).
         max_len: Dr. GRPO's constant for "seq-mean-token-sum-norm" (None: the batch's T);
@@ -152,7 +154,7 @@ class LossOptions(_Validated):
             "clip_low": clip_low,
             "clip_high": nonnegative(self.clip_high, "clip_high"),
             "dual_clip": dual_clip,
-            "kl_coef": _number(self.kl_coef, "kl_coef"),
+            "kl_coef": nonnegative(self.kl_coef, "kl_coef"),
             "kl_estimator": choice(self.kl_estimator, "kl_estimator", KL_ESTIMATORS),
             "entropy_coef": _number(self.entropy_coef, "entropy_coef"),
             "loss_agg": loss_agg,

@@ -72,9 +72,11 @@ def test_objective_errors_are_the_kernels_own():
 
 
 def test_objective_accepts_what_the_loss_accepts():
-    """kl_coef and entropy_coef are any finite numbers, as in LossOptions (a negative entropy_coef penalizes entropy)."""
-    config = TrainConfig.from_dict({"entropy_coef": -0.01, "kl_coef": -0.1})
-    assert (config.loss_module().options.entropy_coef, config.loss_module().options.kl_coef) == (-0.01, -0.1)
+    """entropy_coef is any finite number, as in LossOptions (negative penalizes entropy); kl_coef is >= 0."""
+    config = TrainConfig.from_dict({"entropy_coef": -0.01, "kl_coef": 0.1})
+    assert (config.loss_module().options.entropy_coef, config.loss_module().options.kl_coef) == (-0.01, 0.1)
+    with pytest.raises(ConfigError, match="kl_coef must be a finite number >= 0"):
+        TrainConfig.from_dict({"kl_coef": -0.1})
 
 
 def test_loss_module_carries_the_objective():
