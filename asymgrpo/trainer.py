@@ -119,7 +119,6 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
     attn = resolve_attn_implementation(config.attn_implementation)
     model = load_policy(load_path, dtype=torch.float32, attn_implementation=attn, device=device,
                         gradient_checkpointing=config.gradient_checkpointing)
-    # the KL term needs reference log-probs whenever its weight is not 0, whatever its sign
     ref_model = reference_model(base_path, dtype, attn, device) if config.kl_coef != 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step = load_trainer_state(resume_from, optimizer) if resume_from else 0
