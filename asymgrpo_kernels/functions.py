@@ -25,11 +25,11 @@ def _no_autocast(device: torch.device) -> torch.autocast:
 
 
 class LinearLogprobEntropy(torch.autograd.Function):
-    """(hidden [N, H], weight [V, H], bias [V] | None) -> (logprobs [n], entropy [n]), float32.
+    """(hidden [..., H], weight [V, H], bias [V] | None) -> (logprobs [n], entropy [n]), float32.
 
     ``kernels`` is a module with ``forward(LMHead)`` and ``backward(LMHead, ...)`` (``chunked``
-    or ``triton.logprob_entropy``); rows [n] int64 are the hidden rows scored and targets [n]
-    their targets. Saved for backward: the inputs (no copies) and the float32 [n] lse and entropy.
+    or ``triton.logprob_entropy``); rows [n] int64 are the scored positions (``LMHead``) and
+    targets [n] their targets. Saved for backward: the inputs (no copies) and the float32 [n] lse and entropy.
     """
 
     @staticmethod
@@ -81,7 +81,7 @@ class PolicyLoss(torch.autograd.Function):
 
 
 class SinglePassLoss(torch.autograd.Function):
-    """(hidden [N, H], weight, bias) -> (loss, logprobs, entropy, ratio, kl, clipped), torch path only.
+    """(hidden [..., H], weight, bias) -> (loss, logprobs, entropy, ratio, kl, clipped), torch path only.
 
     The forward forms the gradients of the aggregated loss with respect to the inputs chunk by
     chunk (``chunked.forward_with_grads``); backward scales them by the upstream scalar. Only

@@ -10,11 +10,12 @@ import torch
 class LMHead(NamedTuple):
     """One call's inputs, as the torch and Triton kernel backends receive them.
 
-    hidden [N, H] (float32 / bfloat16 / float16, any strides) and weight [V, H] of the same
-    dtype, bias [V] or None; rows [n] int64, the hidden rows to score (ascending, distinct),
-    and targets [n] int64 in [0, V), the target of each of them. Only those n rows are read:
-    the other N - n rows cost nothing and get exactly zero gradient. temperature > 0 divides
-    the logits; workspace_bytes bounds the scratch memory of one pass.
+    hidden [..., H] (float32 / bfloat16 / float16, any strides: never copied) and weight
+    [V, H] of the same dtype, bias [V] or None; rows [n] int64, the positions to score as flat
+    indices into hidden.shape[:-1] (ascending, distinct), and targets [n] int64 in [0, V), the
+    target of each. Only those n rows of hidden are read: the other positions cost nothing and
+    get exactly zero gradient. temperature > 0 divides the logits; workspace_bytes bounds the
+    scratch memory of one pass.
     """
 
     hidden: torch.Tensor
