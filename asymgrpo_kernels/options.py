@@ -35,21 +35,27 @@ NORMALIZE_MODES = ("std", "none")
 LOG_RATIO_LIMIT = 20.0
 
 
-def _number(value: Any, name: str) -> float:
+def _real(value: Any, name: str, condition: str, accept) -> float:
+    """``value`` as a float; raise unless it is a finite Python number for which ``accept`` holds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
+    if not math.isfinite(value) or not accept(value):
+        raise ValueError(f"{name} must be a finite number{condition}, got {value}")
     return float(value)
+
+
+def _number(value: Any, name: str) -> float:
+    return _real(value, name, "", lambda v: True)
 
 
 def nonnegative(value: Any, name: str) -> float:
     """``value`` as a float; raise unless it is a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
+    return _real(value, name, " >= 0", lambda v: v >= 0)
+
+
+def positive(value: Any, name: str) -> float:
+    """``value`` as a float; raise unless it is a finite number > 0."""
+    return _real(value, name, " > 0", lambda v: v > 0)
 
 
 def choice(value: Any, name: str, choices: tuple[str, ...]) -> str:

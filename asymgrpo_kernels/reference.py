@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .options import LOG_RATIO_LIMIT
+from .options import IGNORE_INDEX, LOG_RATIO_LIMIT
 
 
 def logprob_entropy_reference(
@@ -20,7 +20,7 @@ def logprob_entropy_reference(
     targets: torch.Tensor,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log p(target) and entropy from materialized logits.
 
@@ -147,7 +147,7 @@ def asymgrpo_loss_reference(
     held in memory, which is the point of comparison for the fused path.
     """
     scored = mask != 0
-    targets = torch.where(scored, targets, torch.full_like(targets, -100))
-    logprobs, entropy = logprob_entropy_reference(hidden, weight, targets, bias, temperature, -100)
+    targets = torch.where(scored, targets, torch.full_like(targets, IGNORE_INDEX))
+    logprobs, entropy = logprob_entropy_reference(hidden, weight, targets, bias, temperature, IGNORE_INDEX)
     old = logprobs.detach() if old_logprobs is None else old_logprobs
     return policy_loss_reference(logprobs, old, advantages, mask, ref_logprobs=ref_logprobs, entropy=entropy, **loss_kwargs)

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .options import BACKENDS, choice
+from .options import BACKENDS, choice, positive
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -43,14 +43,6 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
         raise ValueError(f"all tensors must be on one device, got {listed}")
 
 
-def check_positive_finite(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
-
-
 def check_workspace(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"workspace_bytes must be a positive int, got {value!r}")
@@ -61,7 +53,7 @@ def check_call_scalars(temperature, backend, workspace_bytes) -> float:
     """The kernel-call scalars a module stores: temperature (returned as float), backend name, workspace."""
     choice(backend, "backend", BACKENDS)
     check_workspace(workspace_bytes)
-    return check_positive_finite(temperature, "temperature")
+    return positive(temperature, "temperature")
 
 
 def check_lm_head(hidden, weight, bias, temperature) -> float:
@@ -88,7 +80,7 @@ def check_lm_head(hidden, weight, bias, temperature) -> float:
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"bias must have shape [V] = [{weight.shape[0]}], got {tuple(bias.shape)}")
     check_same_device(hidden=hidden, weight=weight, bias=bias)
-    return check_positive_finite(temperature, "temperature")
+    return positive(temperature, "temperature")
 
 
 def check_targets(targets, hidden: torch.Tensor) -> torch.Tensor:
