@@ -248,8 +248,8 @@ def log_step(step: int, samples: Rollout, scores: Scores, losses: dict[str, floa
         "reward": rewards.mean().item(),
         "train_accuracy": (rewards == 1).float().mean().item(),
         "accuracy": accuracy if evaluated else None,
-        "entropy": scores.entropy.sum().item() / tokens,
         **losses,
+        "entropy": scores.entropy.sum().item() / tokens,  # of the sampled batch, before the updates
         "logprob_mismatch": scores.mismatch.sum().item() / tokens,
         "logprob_mismatch_max": scores.mismatch.max().item(),
         "groups_all_wrong": (grouped.max(dim=1).values < 1).float().mean().item(),

@@ -58,20 +58,22 @@ class LinearLogprobEntropy(torch.autograd.Function):
 class PolicyLoss(torch.autograd.Function):
     """(logprobs [n], entropy [n] | None) -> (loss, ratio [n], kl [n], clipped [n] int8).
 
-    loss = sum(tokens.weights * token loss), 0-dim in the compute dtype of ``tokens``. Only
-    logprobs and entropy are differentiable; ``tokens`` holds the data. ``compute`` is a
-    backend's ``token_terms``. Backward scales the saved w * d loss / d logp and
-    w * d loss / d H by the upstream scalar.
+    loss = sum(tokens.weights * token loss) (``PolicyTokens.weighted``), 0-dim in the compute
+    dtype of ``tokens``. Only logprobs and entropy are differentiable; ``tokens`` holds the data.
+    ``compute`` is a backend's ``token_terms``. Backward scales the saved weighted
+    d loss / d logp and d loss / d H by the upstream scalar.
     """
 
     @staticmethod
     def forward(ctx, logprobs, entropy, tokens: PolicyTokens, compute: TokenTermsFn):
         dtype = tokens.advantages.dtype
-        terms = tokens.terms(logprobs.detach().to(dtype), None if entropy is None else entropy.detach().to(dtype), compute)
-        ctx.save_for_backward(terms.grad_logprobs * tokens.weights, terms.grad_entropy * tokens.weights)
+        entropy_values = None if entropy is None else entropy.detach().to(dtype)
+        terms = tokens.terms(logprobs.detach().to(dtype), entropy_values, compute)
+        loss, grad_logprobs, grad_entropy = tokens.weighted(terms, entropy_values)
+        ctx.save_for_backward(grad_logprobs, grad_entropy)
         ctx.dtypes = (logprobs.dtype, None if entropy is None else entropy.dtype)
         ctx.mark_non_differentiable(terms.ratio, terms.kl, terms.clipped)
-        return (terms.loss * tokens.weights).sum(), terms.ratio, terms.kl, terms.clipped
+        return loss.sum(), terms.ratio, terms.kl, terms.clipped
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
@@ -85,7 +87,8 @@ class SinglePassLoss(torch.autograd.Function):
 
     The forward forms the gradients of the aggregated loss with respect to the inputs chunk by
     chunk (``chunked.forward_with_grads``); backward scales them by the upstream scalar. Only
-    the loss is differentiable; the per-token outputs are [n] over the scored rows.
+    the loss is differentiable; the per-token outputs are [n] over the scored rows, and the
+    loss is the sum of the weighted per-token losses (``PolicyTokens.weighted``).
     """
 
     @staticmethod
@@ -97,16 +100,16 @@ class SinglePassLoss(torch.autograd.Function):
 
         def upstream(chunk: slice, logprobs: torch.Tensor, entropy: torch.Tensor):
             terms = tokens.terms(logprobs, entropy, compute, chunk)
-            token_loss[chunk], ratio[chunk], kl[chunk], clipped[chunk] = terms.loss, terms.ratio, terms.kl, terms.clipped
-            weights = tokens.weights[chunk]
-            return terms.grad_logprobs * weights, terms.grad_entropy * weights
+            ratio[chunk], kl[chunk], clipped[chunk] = terms.ratio, terms.kl, terms.clipped
+            token_loss[chunk], grad_logprobs, grad_entropy = tokens.weighted(terms, entropy, chunk)
+            return grad_logprobs, grad_entropy
 
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         logprobs, entropy, grads = kernels.forward_with_grads(head, upstream, needs)
         ctx.save_for_backward(*grads)
         outputs = (logprobs, entropy, ratio, kl, clipped)
         ctx.mark_non_differentiable(*outputs)
-        return ((token_loss * tokens.weights).sum(), *outputs)
+        return (token_loss.sum(), *outputs)
 
     @staticmethod
     def backward(ctx, grad_loss, *_):

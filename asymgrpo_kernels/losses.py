@@ -14,6 +14,8 @@ instead of four).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -21,11 +23,19 @@ from .advantages import group_advantages
 from .chunked import DEFAULT_WORKSPACE_BYTES
 from .dispatch import get_backend
 from .functions import PolicyLoss, SinglePassLoss
-from .lm_head import autocast_operands, scored_head
+from .lm_head import autocast_operands, scatter_rows, scored_head
 from .options import AdvantageOptions, LossKeywords, LossOptions, Unpack
-from .policy_loss import check_policy_batch, loss_metrics, token_weights
-from .token_terms import PolicyTokens
+from .policy_loss import check_entropy_num_items, check_policy_batch, loss_metrics, policy_tokens
 from .validate import ValueChecks, check_call_scalars, check_lm_head, check_num_items, check_targets, check_workspace
+
+
+class TokenValues(NamedTuple):
+    """Per-token values of a fused loss call (``return_token_values=True``): [B, T] float32 each,
+    detached, 0 where mask == 0. logprobs: log p(target) under the current policy (the
+    sampler's temperature applied); entropy: the full-vocabulary entropy."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
 
 
 def fused_linear_asymgrpo_loss(
@@ -40,12 +50,14 @@ def fused_linear_asymgrpo_loss(
     bias: torch.Tensor | None = None,
     is_weights: torch.Tensor | None = None,
     num_items: float | torch.Tensor | None = None,
+    entropy_num_items: float | torch.Tensor | None = None,
     temperature: float = 1.0,
     backend: str = "auto",
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    return_token_values: bool = False,
     options: LossOptions | None = None,
     **loss_options: Unpack[LossKeywords],
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | tuple[torch.Tensor, dict[str, torch.Tensor], TokenValues]:
     """The AsymGRPO loss straight from the policy's last hidden states.
 
     Args:
@@ -65,19 +77,24 @@ def fused_linear_asymgrpo_loss(
         bias: [V] or None, same dtype as hidden.
         is_weights: [B, T] float importance weights, as in ``asym_policy_loss``.
         num_items: as in ``asym_policy_loss``.
+        entropy_num_items: as in ``asym_policy_loss`` (with ``entropy_agg`` set).
         temperature: positive, divides the logits (use the sampling temperature).
         backend: "auto" (triton on CUDA, torch elsewhere), "triton", "torch" or
             "reference" (materialized logits, for checks).
         workspace_bytes: scratch bound of the kernel core's passes.
+        return_token_values: also return the per-token log-probs and entropies
+            (``TokenValues``), e.g. to log them or to check them against a sampler's.
         options: a ``LossOptions`` (default: ``LossOptions()``).
         **loss_options: its fields as keywords (clip_low, clip_high, dual_clip, kl_coef,
-            kl_estimator, entropy_coef, loss_agg, max_len), replacing those of ``options``.
+            kl_estimator, entropy_coef, loss_agg, max_len, entropy_agg), replacing those of
+            ``options``.
 
     Returns:
-        (loss, metrics): the 0-dim float32 loss, differentiable with respect to hidden,
-        weight and bias; metrics as in ``asym_policy_loss`` (entropy metrics included). Under
-        ``torch.autocast``, hidden, weight and bias are cast to the autocast dtype (as a
-        linear layer's would be) and all the rest is float32.
+        (loss, metrics), or (loss, metrics, TokenValues) with ``return_token_values``: the
+        0-dim float32 loss, differentiable with respect to hidden, weight and bias; metrics as
+        in ``asym_policy_loss``, entropy metrics included (``entropy``, ``entropy_pos``,
+        ``entropy_neg``). Under ``torch.autocast``, hidden, weight and bias are cast to the
+        autocast dtype (as a linear layer's would be) and all the rest is float32.
 
     Raises:
         TypeError: an argument of the wrong kind (named in the message), before any kernel runs.
@@ -92,21 +109,23 @@ def fused_linear_asymgrpo_loss(
     check_targets(targets, hidden)
     valid, adv = check_policy_batch(shape, device, old_logprobs, advantages, mask, ref_logprobs, is_weights, True, options)
     num_items = check_num_items(num_items)
+    entropy_num_items = check_entropy_num_items(entropy_num_items, options)
     check_workspace(workspace_bytes)
+    if not isinstance(return_token_values, bool):
+        raise TypeError(f"return_token_values must be a bool, got {type(return_token_values).__name__}")
     chosen = get_backend(backend, device)
     checks = ValueChecks()
     checks.mask(mask)
     checks.targets(targets, valid, weight.shape[0], "where mask == 1")
     checks.num_items(num_items)
+    checks.num_items(entropy_num_items, "entropy_num_items")
     (n_scored,) = checks.run(valid.sum())
 
     with torch.autocast(device.type, enabled=False):
         head = scored_head(hidden, weight, bias, targets, valid, int(n_scored), temperature, workspace_bytes)
-        at_rows = lambda t: None if t is None else t.detach().float().reshape(-1).index_select(0, head.rows)  # noqa: E731
-        tokens = PolicyTokens(
-            valid=torch.ones(head.n_rows, dtype=torch.bool, device=device), advantages=at_rows(adv),
-            old_logprobs=at_rows(old_logprobs), ref_logprobs=at_rows(ref_logprobs), is_weights=at_rows(is_weights),
-            weights=at_rows(token_weights(valid, options, num_items, torch.float32)), options=options,
+        tokens = policy_tokens(
+            valid, adv, old_logprobs, ref_logprobs, is_weights, options, num_items, entropy_num_items, torch.float32,
+            rows=head.rows,
         )
         wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
         if chosen.single_pass_loss and wants_grad:
@@ -117,17 +136,21 @@ def fused_linear_asymgrpo_loss(
         else:
             logprobs, entropy = chosen.logprob_entropy(head)
             loss, ratio, kl, clipped = PolicyLoss.apply(logprobs, entropy, tokens, chosen.token_terms)
-        return loss, loss_metrics(tokens, logprobs, ratio, kl, clipped, entropy)
+        metrics = loss_metrics(tokens, logprobs, ratio, kl, clipped, entropy)
+        if not return_token_values:
+            return loss, metrics
+        values = TokenValues(scatter_rows(logprobs.detach(), head), scatter_rows(entropy.detach(), head))
+        return loss, metrics, values
 
 
 class AsymGRPOLoss(nn.Module):
     """The AsymGRPO objective as a module: holds the options, computes advantages and loss.
 
     ``preset`` (a name of ``asymgrpo_kernels.PRESETS``) sets beta_pos, beta_neg and normalize;
-    keywords naming an ``AdvantageOptions`` field (beta_pos, beta_neg, normalize,
-    unbiased_std, eps) override it, and keywords naming a ``LossOptions`` field (clip_low,
-    clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef, loss_agg, max_len) override
-    ``options``. Every value is checked here, once.
+    keywords naming an ``AdvantageOptions`` field (beta_pos, beta_neg, normalize, std, eps,
+    nan_rewards) override it, and keywords naming a ``LossOptions`` field (clip_low,
+    clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef, loss_agg, max_len,
+    entropy_agg) override ``options``. Every value is checked here, once.
 
         loss_fn = AsymGRPOLoss("asymgrpo", clip_high=0.28)
         adv = loss_fn.advantages(rewards, group_size=8)            # [B]
@@ -192,12 +215,16 @@ class AsymGRPOLoss(nn.Module):
         bias: torch.Tensor | None = None,
         is_weights: torch.Tensor | None = None,
         num_items: float | torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, metrics) of ``fused_linear_asymgrpo_loss`` with this module's options."""
+        entropy_num_items: float | torch.Tensor | None = None,
+        return_token_values: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | tuple[torch.Tensor, dict[str, torch.Tensor], TokenValues]:
+        """(loss, metrics) of ``fused_linear_asymgrpo_loss`` with this module's options
+        ((loss, metrics, TokenValues) with ``return_token_values``)."""
         return fused_linear_asymgrpo_loss(
             hidden, weight, targets, mask, advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-            bias=bias, is_weights=is_weights, num_items=num_items, temperature=self.temperature,
-            backend=self.backend, workspace_bytes=self.workspace_bytes, options=self.options,
+            bias=bias, is_weights=is_weights, num_items=num_items, entropy_num_items=entropy_num_items,
+            temperature=self.temperature, backend=self.backend, workspace_bytes=self.workspace_bytes,
+            return_token_values=return_token_values, options=self.options,
         )
 
     def extra_repr(self) -> str:

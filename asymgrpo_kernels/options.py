@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Mapping, TypedDict
 
 try:  # Python >= 3.11
@@ -24,13 +25,15 @@ except ImportError:  # Python 3.10
 
 from .presets import preset_kwargs
 
-__all__ = ["LossOptions", "AdvantageOptions", "LossKeywords", "AdvantageKeywords", "Unpack"]
+__all__ = ["LossOptions", "AdvantageOptions", "LossKeywords", "AdvantageKeywords", "STD_CONVENTIONS", "Unpack"]
 
 IGNORE_INDEX = -100
 BACKENDS = ("auto", "triton", "torch", "reference")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 NORMALIZE_MODES = ("std", "none")
+STD_MODES = ("population", "unbiased")
+NAN_REWARD_POLICIES = ("raise", "exclude")
 #: |log-ratio| and |k3 exponent| limit (docs/algorithm.md §3): exp(20) ~ 4.9e8 keeps float32 finite.
 LOG_RATIO_LIMIT = 20.0
 
@@ -121,10 +124,14 @@ class LossOptions(_Validated):
             k3 = exp(d) - d - 1).
         entropy_coef: the token loss gets -entropy_coef * H (needs the entropy when != 0): a
             bonus when positive, a penalty when negative.
-        loss_agg: "token-mean", "seq-mean-token-mean", "seq-mean-token-sum" or
+        loss_agg: "token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum" or
             "seq-mean-token-sum-norm" (sum / (B * max_len), Dr. GRPO).
         max_len: Dr. GRPO's constant for "seq-mean-token-sum-norm" (None: the batch's T);
-            only valid with that mode.
+            only valid when loss_agg or entropy_agg is that mode.
+        entropy_agg: None (default) aggregates the entropy term -entropy_coef * H with the
+            policy term's weights (verl's convention); a ``loss_agg`` mode aggregates it on its
+            own, over its own count ``entropy_num_items`` ("token-mean": TRL's mean entropy of
+            the scored tokens). docs/algorithm.md §3.
 
     Raises:
         TypeError: a field of the wrong kind (named in the message).
@@ -139,6 +146,7 @@ class LossOptions(_Validated):
     entropy_coef: float = 0.0
     loss_agg: str = "token-mean"
     max_len: int | None = None
+    entropy_agg: str | None = None
 
     def _checked(self) -> dict[str, Any]:
         clip_low = nonnegative(self.clip_low, "clip_low")
@@ -152,10 +160,16 @@ class LossOptions(_Validated):
             if dual_clip <= 1:
                 raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
         loss_agg = choice(self.loss_agg, "loss_agg", LOSS_AGG_MODES)
+        entropy_agg = self.entropy_agg
+        if entropy_agg is not None:
+            choice(entropy_agg, "entropy_agg", LOSS_AGG_MODES)
         if self.max_len is not None:
             positive_int(self.max_len, "max_len")
-            if loss_agg != "seq-mean-token-sum-norm":
-                raise ValueError(f"max_len applies only to loss_agg='seq-mean-token-sum-norm', got loss_agg={loss_agg!r}")
+            if "seq-mean-token-sum-norm" not in (loss_agg, entropy_agg):
+                raise ValueError(
+                    f"max_len applies only to loss_agg='seq-mean-token-sum-norm' (or that entropy_agg), "
+                    f"got loss_agg={loss_agg!r}"
+                )
         return {
             "clip_low": clip_low,
             "clip_high": nonnegative(self.clip_high, "clip_high"),
@@ -178,6 +192,7 @@ class LossKeywords(TypedDict, total=False):
     entropy_coef: float
     loss_agg: str
     max_len: int | None
+    entropy_agg: str | None
 
 
 @dataclass(frozen=True)
@@ -188,24 +203,31 @@ class AdvantageOptions(_Validated):
         beta_pos: non-negative exponent of the positive channel (0.5 is GRPO's, 0 gives +1).
         beta_neg: non-negative exponent of the negative channel (0.5 is GRPO's, 0 gives -1).
         normalize: "std" (divide by the group's std) or "none" (only subtract the mean).
-        unbiased_std: False for max(population std, eps), True for Bessel std + eps.
-        eps: non-negative; how it enters depends on unbiased_std.
+        std: the std convention: "population" for max(population std, eps) (the closed forms of
+            docs/algorithm.md §2 hold exactly), "unbiased" for Bessel std + eps (TRL's and
+            verl's; see ``STD_CONVENTIONS``). With asymmetric betas the choice changes the
+            balance of the two channels, not only the scale (docs/algorithm.md §7).
+        eps: non-negative; how it enters depends on std.
+        nan_rewards: "raise" (a NaN reward is an error naming its group) or "exclude" (NaN
+            rewards, e.g. a reward function that returned None, are left out of their group's
+            statistics and get advantage 0). Infinite rewards always raise.
     """
 
     beta_pos: float = 0.9
     beta_neg: float = 0.4
     normalize: str = "std"
-    unbiased_std: bool = False
+    std: str = "population"
     eps: float = 1e-6
+    nan_rewards: str = "raise"
 
     def _checked(self) -> dict[str, Any]:
-        if not isinstance(self.unbiased_std, bool):
-            raise TypeError(f"unbiased_std must be a bool, got {type(self.unbiased_std).__name__}")
         return {
             "beta_pos": nonnegative(self.beta_pos, "beta_pos"),
             "beta_neg": nonnegative(self.beta_neg, "beta_neg"),
             "normalize": choice(self.normalize, "normalize", NORMALIZE_MODES),
+            "std": choice(self.std, "std", STD_MODES),
             "eps": nonnegative(self.eps, "eps"),
+            "nan_rewards": choice(self.nan_rewards, "nan_rewards", NAN_REWARD_POLICIES),
         }
 
     @classmethod
@@ -225,5 +247,19 @@ class AdvantageKeywords(TypedDict, total=False):
     beta_pos: float
     beta_neg: float
     normalize: str
-    unbiased_std: bool
+    std: str
     eps: float
+    nan_rewards: str
+
+
+#: The std conventions of the trainers users come from, as ``AdvantageOptions`` fields:
+#: ``AdvantageOptions.from_preset("grpo", **STD_CONVENTIONS["trl"])`` is TRL's GRPO advantage.
+#: "population" is this package's default; TRL's GRPOTrainer divides by the Bessel std + 1e-4,
+#: verl's GRPO estimator by the Bessel std + 1e-6 (docs/algorithm.md §7).
+STD_CONVENTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "population": MappingProxyType({"std": "population", "eps": 1e-6}),
+        "trl": MappingProxyType({"std": "unbiased", "eps": 1e-4}),
+        "verl": MappingProxyType({"std": "unbiased", "eps": 1e-6}),
+    }
+)

@@ -9,6 +9,8 @@ the kernel core receives float32 [N] gradients for log-probs and entropy, nothin
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 
 from .dispatch import get_backend
@@ -22,32 +24,79 @@ from .validate import (
     check_num_items,
     check_tensor,
     check_token_tensor,
+    host_values,
 )
 
 
 def token_weights(
-    valid: torch.Tensor, options: LossOptions, num_items: float | torch.Tensor | None, dtype: torch.dtype
+    valid: torch.Tensor, loss_agg: str, max_len: int | None, num_items: float | torch.Tensor | None, dtype: torch.dtype
 ) -> torch.Tensor:
-    """[B, T] weights w with batch loss = sum(w * token_loss) (docs/algorithm.md §3).
+    """[B, T] weights w with batch loss = sum(w * token_loss) under ``loss_agg`` (docs/algorithm.md §3).
 
     ``num_items`` replaces the number of items averaged over: tokens for "token-mean",
     sequences for the "seq-mean-*" modes (the optimizer step's count under gradient
-    accumulation). Empty denominators count as 1, so an all-masked batch gives loss 0.
-    Fully masked sequences still count among the B sequences of the "seq-mean-*" modes.
+    accumulation), and divides the sum of "token-sum" (default 1). Empty denominators count
+    as 1, so an all-masked batch gives loss 0. Fully masked sequences still count among the
+    B sequences of the "seq-mean-*" modes.
     """
     m = valid.to(dtype)
     batch, seq_len = valid.shape
-    loss_agg, max_len = options.loss_agg, options.max_len
     if isinstance(num_items, torch.Tensor):
         num_items = num_items.to(device=m.device, dtype=dtype)
     if loss_agg == "token-mean":
         return m / (num_items if num_items is not None else m.sum().clamp(min=1.0))
+    if loss_agg == "token-sum":
+        return m / num_items if num_items is not None else m
     sequences = num_items if num_items is not None else float(max(batch, 1))
     if loss_agg == "seq-mean-token-mean":
         return m / (m.sum(dim=1, keepdim=True).clamp(min=1.0) * sequences)
     if loss_agg == "seq-mean-token-sum":
         return m / sequences
     return m / (sequences * (max_len if max_len is not None else seq_len))
+
+
+def policy_tokens(
+    valid: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    is_weights: torch.Tensor | None,
+    options: LossOptions,
+    num_items: float | torch.Tensor | None,
+    entropy_num_items: float | torch.Tensor | None,
+    dtype: torch.dtype,
+    rows: torch.Tensor | None = None,
+) -> PolicyTokens:
+    """The per-token data of a checked [B, T] batch (valid bool, advantages [B, T]) as ``PolicyTokens``.
+
+    Everything is flattened to [B * T], or to the positions ``rows`` ([n] int64 flat indices,
+    the fused loss's scored rows), detached and cast to ``dtype``. The aggregation weights
+    come from ``options.loss_agg`` and ``num_items``, the entropy term's from
+    ``options.entropy_agg`` and ``entropy_num_items`` when it is set.
+    """
+    def flat(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        t = t.detach().reshape(-1)
+        return t if rows is None else t.index_select(0, rows)
+
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    weights = token_weights(valid, options.loss_agg, options.max_len, num_items, dtype)
+    entropy_weights = None
+    if options.entropy_agg is not None:
+        entropy_weights = token_weights(valid, options.entropy_agg, options.max_len, entropy_num_items, dtype)
+    return PolicyTokens(
+        valid=flat(valid), advantages=cast(flat(advantages)), old_logprobs=cast(flat(old_logprobs)),
+        ref_logprobs=cast(flat(ref_logprobs)), is_weights=cast(flat(is_weights)), weights=flat(weights),
+        entropy_weights=flat(entropy_weights), options=options,
+    )
+
+
+def check_entropy_num_items(entropy_num_items, options: LossOptions) -> float | torch.Tensor | None:
+    """``entropy_num_items`` as ``check_num_items`` returns it; it needs ``options.entropy_agg``."""
+    if entropy_num_items is not None and options.entropy_agg is None:
+        raise ValueError("entropy_num_items applies only with entropy_agg set (LossOptions.entropy_agg)")
+    return check_num_items(entropy_num_items, "entropy_num_items")
 
 
 def check_policy_batch(
@@ -88,6 +137,7 @@ def asym_policy_loss(
     entropy: torch.Tensor | None = None,
     is_weights: torch.Tensor | None = None,
     num_items: float | torch.Tensor | None = None,
+    entropy_num_items: float | torch.Tensor | None = None,
     backend: str = "auto",
     options: LossOptions | None = None,
     **loss_options: Unpack[LossKeywords],
@@ -106,16 +156,17 @@ def asym_policy_loss(
             per-channel entropy metrics.
         is_weights: [B, T] float importance weights multiplying the clipped term (data).
         num_items: overrides the count averaged over: tokens for "token-mean", sequences
-            for the "seq-mean-*" modes; pass the optimizer step's count under gradient
-            accumulation. A number or a one-element tensor.
+            for the "seq-mean-*" modes, the divisor of "token-sum" (default 1); pass the
+            optimizer step's count under gradient accumulation. A number or a one-element tensor.
+        entropy_num_items: the same for the entropy term, when ``entropy_agg`` is set.
         backend: "auto" (triton on CUDA for float32 math, torch elsewhere), "torch",
             "triton" ("reference" means torch here).
         options: a ``LossOptions`` (default: ``LossOptions()``).
         **loss_options: its fields as keywords, replacing those of ``options``:
             ``clip_low`` (0.2) and ``clip_high`` (0.2), the ratio clip [1 - clip_low,
             1 + clip_high]; ``dual_clip`` (None); ``kl_coef`` (0) and ``kl_estimator`` ("k3");
-            ``entropy_coef`` (0); ``loss_agg`` ("token-mean") and ``max_len`` (None). See
-            ``LossOptions``.
+            ``entropy_coef`` (0); ``loss_agg`` ("token-mean"), ``max_len`` (None) and
+            ``entropy_agg`` (None). See ``LossOptions``.
 
     Returns:
         loss: 0-dim tensor, float32 (float64 when logprobs is float64), differentiable
@@ -124,8 +175,9 @@ def asym_policy_loss(
             clip_frac_low, clip_frac_high (and clip_frac_dual with dual_clip): share of
             tokens whose clip is active; approx_kl: mean of r - 1 - log r, KL(old || current);
             ratio_mean, ratio_max; ref_kl (with ref_logprobs): mean KL estimate to the
-            reference; entropy_pos / entropy_neg (with entropy): mean entropy over tokens with
-            A > 0 / A < 0, and tokens_pos / tokens_neg their counts; tokens: the mask count.
+            reference; entropy (with entropy): mean entropy, and entropy_pos / entropy_neg:
+            mean entropy over tokens with A > 0 / A < 0, with tokens_pos / tokens_neg their
+            counts; tokens: the mask count. ``metric_values`` reads them all in one transfer.
             Means over zero tokens are 0.
 
     Raises:
@@ -145,18 +197,17 @@ def asym_policy_loss(
         shape, device, old_logprobs, advantages, mask, ref_logprobs, is_weights, entropy is not None, options
     )
     num_items = check_num_items(num_items)
+    entropy_num_items = check_entropy_num_items(entropy_num_items, options)
     chosen = get_backend(backend, device)
     checks = ValueChecks()
     checks.mask(mask)
     checks.num_items(num_items)
+    checks.num_items(entropy_num_items, "entropy_num_items")
     checks.run()
 
     dtype = torch.float64 if logprobs.dtype == torch.float64 else torch.float32
-    flat = lambda t: None if t is None else t.detach().to(dtype).reshape(-1)  # noqa: E731
-    tokens = PolicyTokens(
-        valid=valid.reshape(-1), advantages=flat(adv), old_logprobs=flat(old_logprobs),
-        ref_logprobs=flat(ref_logprobs), is_weights=flat(is_weights),
-        weights=token_weights(valid, options, num_items, dtype).reshape(-1), options=options,
+    tokens = policy_tokens(
+        valid, adv, old_logprobs, ref_logprobs, is_weights, options, num_items, entropy_num_items, dtype
     )
     with torch.autocast(device.type, enabled=False):
         loss, ratio, kl, clipped = PolicyLoss.apply(
@@ -202,7 +253,16 @@ def loss_metrics(
         metrics["ref_kl"] = _masked_mean(kl, valid)
     if entropy is not None:
         ent = entropy.detach().reshape(-1)
+        metrics["entropy"] = _masked_mean(ent, valid)
         for name, channel in (("pos", valid & (adv > 0)), ("neg", valid & (adv < 0))):
             metrics[f"entropy_{name}"] = _masked_mean(ent, channel)
             metrics[f"tokens_{name}"] = channel.sum().float()
     return metrics
+
+
+def metric_values(metrics: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """The loss metrics (0-dim tensors) as Python floats, read in one device-to-host transfer.
+
+    ``{name: value.item() for ...}`` would synchronize with the device once per metric.
+    """
+    return dict(zip(metrics, host_values(*metrics.values())))

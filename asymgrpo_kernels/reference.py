@@ -54,20 +54,23 @@ def group_advantages_reference(
     beta_pos: float = 0.9,
     beta_neg: float = 0.4,
     normalize: str = "std",
-    unbiased_std: bool = False,
+    std: str = "population",
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """docs/algorithm.md §2, one group at a time in float64 Python-level torch. Returns [B] float64."""
+    """docs/algorithm.md §2, one group at a time in float64 Python-level torch. Returns [B] float64.
+
+    NaN rewards are left out of their group and get 0 (``nan_rewards="exclude"``).
+    """
     rewards = rewards.double()
     out = torch.zeros_like(rewards)
     for label in torch.unique(group_ids):
-        rows = (group_ids == label).nonzero().flatten()
+        rows = ((group_ids == label) & ~torch.isnan(rewards)).nonzero().flatten()
         r = rewards[rows]
-        if r.numel() == 1 or bool((r == r[0]).all()):
+        if r.numel() <= 1 or bool((r == r[0]).all()):
             continue
         z = r - r.mean()
         if normalize == "std":
-            z = z / (r.std(unbiased=True) + eps if unbiased_std else max(r.std(unbiased=False).item(), eps))
+            z = z / (r.std(unbiased=True) + eps if std == "unbiased" else max(r.std(unbiased=False).item(), eps))
         beta = torch.where(z > 0, beta_pos, beta_neg).double()
         out[rows] = torch.sign(z) * z.abs() ** (2 * beta)
     return out
@@ -91,11 +94,14 @@ def policy_loss_reference(
     loss_agg: str = "token-mean",
     max_len: int | None = None,
     num_items: float | None = None,
+    entropy_agg: str | None = None,
+    entropy_num_items: float | None = None,
 ) -> torch.Tensor:
     """The clipped policy loss of docs/algorithm.md §3 written out plainly; autograd does the rest.
 
     [B, T] tensors, advantages [B] or [B, T]; returns the 0-dim aggregated loss. Inputs must
-    be finite everywhere (masked positions are multiplied by 0, not skipped).
+    be finite everywhere (masked positions are multiplied by 0, not skipped). With
+    ``entropy_agg`` the entropy term is aggregated on its own, over ``entropy_num_items``.
     """
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
     ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
@@ -110,12 +116,23 @@ def policy_loss_reference(
         d3 = d.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
         kl = {"k1": -d, "k2": d**2 / 2, "k3": torch.exp(d3) - d3 - 1}[kl_estimator]
         loss = loss + kl_coef * kl
-    if entropy is not None:
-        loss = loss - entropy_coef * entropy
+    bonus = torch.zeros_like(loss) if entropy is None else -entropy_coef * entropy
     m = mask.to(loss.dtype)
+    if entropy_agg is None:
+        return aggregate_reference(loss + bonus, m, loss_agg, max_len, num_items)
+    return (aggregate_reference(loss, m, loss_agg, max_len, num_items)
+            + aggregate_reference(bonus, m, entropy_agg, max_len, entropy_num_items))
+
+
+def aggregate_reference(
+    loss: torch.Tensor, m: torch.Tensor, loss_agg: str, max_len: int | None, num_items: float | None
+) -> torch.Tensor:
+    """The batch loss of [B, T] token losses under ``loss_agg`` (docs/algorithm.md §3), m the 0/1 mask."""
     batch, seq_len = m.shape
     if loss_agg == "token-mean":
         return (loss * m).sum() / (num_items if num_items is not None else m.sum().clamp(min=1))
+    if loss_agg == "token-sum":
+        return (loss * m).sum() / (num_items if num_items is not None else 1)
     sequences = num_items if num_items is not None else batch
     if loss_agg == "seq-mean-token-mean":
         return ((loss * m).sum(1) / m.sum(1).clamp(min=1)).sum() / sequences

@@ -113,7 +113,8 @@ class PolicyTokens:
     """The policy loss's per-token data, [n] each in the compute dtype and detached, and its options.
 
     valid is bool; old_logprobs None means on-policy (the current log-probs); weights are the
-    aggregation weights w of loss = sum(w * token loss) (``policy_loss.token_weights``).
+    aggregation weights w of loss = sum(w * token loss) (``policy_loss.token_weights``), and
+    entropy_weights, when set (``LossOptions.entropy_agg``), those of the entropy term instead.
     """
 
     valid: torch.Tensor
@@ -122,6 +123,7 @@ class PolicyTokens:
     ref_logprobs: torch.Tensor | None
     is_weights: torch.Tensor | None
     weights: torch.Tensor
+    entropy_weights: torch.Tensor | None
     options: LossOptions
 
     def terms(
@@ -134,3 +136,20 @@ class PolicyTokens:
             logprobs, old, self.advantages[part], self.valid[part], pick(self.ref_logprobs), entropy, pick(self.is_weights)
         )
         return compute(inputs, self.options)
+
+    def weighted(
+        self, terms: TokenTerms, entropy: torch.Tensor | None, part: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The tokens in ``part``'s contributions to the aggregated loss: (w * loss, w * d loss / d logp,
+        w * d loss / d H), [part] each, with the entropy term weighted by ``entropy_weights`` when set.
+
+        The entropy term is linear in H, -entropy_coef * H = grad_entropy * H, so moving it to
+        other weights is one correction of the loss and a reweighted entropy gradient.
+        """
+        weights = self.weights[part]
+        loss, grad_entropy = terms.loss * weights, terms.grad_entropy * weights
+        if self.entropy_weights is not None and entropy is not None:
+            entropy_weights = self.entropy_weights[part]
+            loss = loss + (entropy_weights - weights) * terms.grad_entropy * entropy
+            grad_entropy = terms.grad_entropy * entropy_weights
+        return loss, terms.grad_logprobs * weights, grad_entropy

@@ -163,18 +163,20 @@ def check_mask(mask, shape: tuple[int, ...], device: torch.device) -> torch.Tens
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def check_num_items(num_items) -> float | torch.Tensor | None:
+def check_num_items(num_items, name: str = "num_items") -> float | torch.Tensor | None:
     """None, a number > 0 (returned as float) or a one-element tensor (checked by ``ValueChecks``)."""
     if num_items is None:
         return None
     if isinstance(num_items, torch.Tensor):
         if num_items.numel() != 1:
-            raise ValueError(f"num_items must be a number or a one-element tensor, got shape {list(num_items.shape)}")
+            raise ValueError(f"{name} must be a number or a one-element tensor, got shape {list(num_items.shape)}")
+        if not (num_items.dtype.is_floating_point or num_items.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{name} must be a floating-point or integer tensor, got {num_items.dtype}")
         return num_items.reshape(())
     if isinstance(num_items, bool) or not isinstance(num_items, (int, float)):
-        raise TypeError(f"num_items must be a number or a one-element tensor, got {type(num_items).__name__}")
+        raise TypeError(f"{name} must be a number or a one-element tensor, got {type(num_items).__name__}")
     if not math.isfinite(num_items) or num_items <= 0:
-        raise ValueError(f"num_items must be a finite number > 0, got {num_items}")
+        raise ValueError(f"{name} must be a finite number > 0, got {num_items}")
     return float(num_items)
 
 
@@ -218,11 +220,11 @@ class ValueChecks:
             f"found {targets[bad].flatten()[0].item()} ({int(bad.sum())} such positions)"
         ))
 
-    def num_items(self, num_items: float | torch.Tensor | None) -> None:
+    def num_items(self, num_items: float | torch.Tensor | None, name: str = "num_items") -> None:
         """A tensor num_items is finite and > 0."""
         if isinstance(num_items, torch.Tensor):
             bad = ~(torch.isfinite(num_items) & (num_items > 0))
-            self.add(bad.sum(), lambda: f"num_items must be a finite number > 0, got {num_items.item()}")
+            self.add(bad.sum(), lambda: f"{name} must be a finite number > 0, got {num_items.item()}")
 
     def run(self, *needed: torch.Tensor) -> list[float]:
         checks = [] if torch.compiler.is_compiling() else self._checks

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asymgrpo_kernels import group_advantages
+from asymgrpo_kernels import STD_CONVENTIONS, AdvantageOptions, group_advantages, modulate_advantages
 from asymgrpo_kernels.dispatch import triton_available
 from asymgrpo_kernels.reference import group_advantages_reference
 
@@ -22,7 +22,7 @@ FAST = settings(max_examples=25, deadline=None)
 
 
 def closed_form(correct: int, size: int, beta_pos: float, beta_neg: float) -> tuple[float, float]:
-    """(A+, A-) of ALGORITHM.md section 2 for a 0/1 group with `correct` ones out of `size`."""
+    """(A+, A-) of docs/algorithm.md §2 for a 0/1 group with `correct` ones out of `size`."""
     p = correct / size
     return ((1 - p) / p) ** beta_pos, -((p / (1 - p)) ** beta_neg)
 
@@ -62,7 +62,7 @@ def test_unbiased_std_matches_trl_and_verl_exactly(backend, eps):
     size = 8
     rewards = torch.cat([torch.rand(3 * size, generator=gen), (torch.rand(2 * size, generator=gen) > 0.5).float()])
     adv = group_advantages(rewards.to(DEVICE), group_size=size, beta_pos=0.5, beta_neg=0.5,
-                           unbiased_std=True, eps=eps, backend=backend)
+                           std="unbiased", eps=eps, backend=backend)
     for dtype, tol in ((torch.float64, 1e-7), (torch.float32, 1e-6)):  # exact math; the peers' float32 code
         grouped = rewards.to(dtype).view(-1, size)
         peer = (rewards.to(dtype) - grouped.mean(1).repeat_interleave(size)) / (grouped.std(1).repeat_interleave(size) + eps)
@@ -88,7 +88,7 @@ def test_silent_groups_give_zero(backend):
     # all-equal groups (also values whose float mean is inexact), groups of one
     rewards = torch.tensor([0.1] * 7 + [0.3] + [5.0, 5.0, 5.0], device=DEVICE)
     ids = torch.tensor([0] * 7 + [1] + [2, 2, 2], device=DEVICE)
-    for kw in ({}, {"unbiased_std": True}, {"normalize": "none"}, {"beta_pos": 0.0, "beta_neg": 0.0}):
+    for kw in ({}, {"std": "unbiased"}, {"normalize": "none"}, {"beta_pos": 0.0, "beta_neg": 0.0}):
         adv = group_advantages(rewards, ids, backend=backend, **kw)
         assert torch.equal(adv.cpu(), torch.zeros(11)), kw
 
@@ -118,12 +118,14 @@ def grouped_rewards(draw):
 betas = st.floats(0.0, 1.5, allow_nan=False)
 
 
+stds = st.sampled_from(["population", "unbiased"])
+
+
 @FAST
-@given(data=grouped_rewards(), beta_pos=betas, beta_neg=betas, normalize=st.sampled_from(["std", "none"]),
-       unbiased=st.booleans())
-def test_property_matches_float64_reference(data, beta_pos, beta_neg, normalize, unbiased):
+@given(data=grouped_rewards(), beta_pos=betas, beta_neg=betas, normalize=st.sampled_from(["std", "none"]), std=stds)
+def test_property_matches_float64_reference(data, beta_pos, beta_neg, normalize, std):
     rewards, ids = data
-    kw = dict(beta_pos=beta_pos, beta_neg=beta_neg, normalize=normalize, unbiased_std=unbiased)
+    kw = dict(beta_pos=beta_pos, beta_neg=beta_neg, normalize=normalize, std=std)
     adv = group_advantages(rewards.to(DEVICE), ids.to(DEVICE), backend="torch", **kw).cpu()
     expected = group_advantages_reference(rewards, ids, **kw)
     torch.testing.assert_close(adv.double(), expected, rtol=5e-6, atol=1e-6)
@@ -159,11 +161,12 @@ def test_property_binary_closed_forms(correct, extra, beta_pos, beta_neg):
 
 @pytest.mark.skipif(not triton_available(), reason="triton cannot run here")
 @settings(max_examples=6, deadline=None)
-@given(data=grouped_rewards(), beta_pos=betas, beta_neg=betas, normalize=st.sampled_from(["std", "none"]),
-       unbiased=st.booleans())
-def test_property_triton_equals_torch(data, beta_pos, beta_neg, normalize, unbiased):
+@given(data=grouped_rewards(), beta_pos=betas, beta_neg=betas, normalize=st.sampled_from(["std", "none"]), std=stds,
+       holes=st.lists(st.integers(0, 40), max_size=6))
+def test_property_triton_equals_torch(data, beta_pos, beta_neg, normalize, std, holes):
     rewards, ids = (t.to(DEVICE) for t in data)
-    kw = dict(beta_pos=beta_pos, beta_neg=beta_neg, normalize=normalize, unbiased_std=unbiased)
+    rewards[[h % rewards.numel() for h in holes]] = float("nan")
+    kw = dict(beta_pos=beta_pos, beta_neg=beta_neg, normalize=normalize, std=std, nan_rewards="exclude")
     fast = group_advantages(rewards, ids, backend="triton", **kw)
     torch.testing.assert_close(fast, group_advantages(rewards, ids, backend="torch", **kw), rtol=2e-6, atol=1e-7)
 
@@ -197,7 +200,9 @@ def test_empty_batch():
         (dict(group_size=4, beta_pos=-0.1), ValueError, "beta_pos must be a finite number >= 0"),
         (dict(group_size=4, beta_neg=float("nan")), ValueError, "beta_neg must be a finite number >= 0"),
         (dict(group_size=4, eps=-1.0), ValueError, "eps must be a finite number >= 0"),
-        (dict(group_size=4, unbiased_std=1), TypeError, "unbiased_std must be a bool"),
+        (dict(group_size=4, std="bessel"), ValueError, "std must be one of 'population', 'unbiased'"),
+        (dict(group_size=4, unbiased_std=True), TypeError, "unexpected keyword argument.*'unbiased_std'"),
+        (dict(group_size=4, nan_rewards="zero"), ValueError, "nan_rewards must be one of 'raise', 'exclude'"),
         (dict(group_size=4, backend="cuda"), ValueError, "backend must be one of"),
     ],
 )
@@ -216,3 +221,71 @@ def test_bad_rewards():
         group_advantages(rewards, group_size=3)
     with pytest.raises(ValueError, match="group_ids=42 has inf at index 2"):
         group_advantages(torch.tensor([0.0, 1.0, float("inf")]), torch.tensor([7, 7, 42]))
+
+
+@FAST
+@given(data=grouped_rewards(), beta_pos=betas, beta_neg=betas, normalize=st.sampled_from(["std", "none"]), std=stds,
+       holes=st.lists(st.integers(0, 60), min_size=1, max_size=8))
+def test_property_excluded_nan_rewards_leave_their_group(data, beta_pos, beta_neg, normalize, std, holes):
+    """With nan_rewards="exclude" a NaN reward gets 0 and the others get the advantages of the
+    group without it: the float64 reference on the NaN-free rows, group by group."""
+    rewards, ids = data
+    rewards[[h % rewards.numel() for h in holes]] = float("nan")
+    kw = dict(beta_pos=beta_pos, beta_neg=beta_neg, normalize=normalize, std=std)
+    adv = group_advantages(rewards, ids, nan_rewards="exclude", backend="torch", **kw)
+    holes_mask = torch.isnan(rewards)
+    assert torch.all(adv[holes_mask] == 0)
+    kept = ~holes_mask
+    expected = group_advantages_reference(rewards[kept], ids[kept], **kw)
+    torch.testing.assert_close(adv[kept].double(), expected, rtol=5e-6, atol=1e-6)
+
+
+def test_excluded_nan_reward_keeps_the_closed_forms_of_the_rest():
+    """A group of 5 with one unscorable completion is a group of 4 with 1 correct (p = 1/4)."""
+    rewards = torch.tensor([1.0, float("nan"), 0.0, 0.0, 0.0])
+    adv = group_advantages(rewards, group_size=5, nan_rewards="exclude")
+    a_pos, a_neg = closed_form(1, 4, 0.9, 0.4)
+    torch.testing.assert_close(adv, torch.tensor([a_pos, 0.0, a_neg, a_neg, a_neg]), rtol=4e-6, atol=0)
+    # a group left with one scored reward (or none) carries no signal
+    lone = group_advantages(torch.tensor([1.0, float("nan"), float("nan"), float("nan")]), group_size=2,
+                            nan_rewards="exclude")
+    assert lone.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_excluded_nan_rewards_still_reject_inf():
+    with pytest.raises(ValueError, match=r"rewards must be finite or NaN \(nan_rewards='exclude'\); group 0 has inf"):
+        group_advantages(torch.tensor([float("inf"), float("nan"), 0.0, 1.0]), group_size=4, nan_rewards="exclude")
+
+
+def test_std_conventions_name_the_trainers():
+    """STD_CONVENTIONS holds TRL's and verl's (Bessel std + 1e-4 / 1e-6) and ours."""
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    grouped = rewards.view(2, 4)
+    for name, eps in (("trl", 1e-4), ("verl", 1e-6)):
+        options = AdvantageOptions.from_preset("grpo", **STD_CONVENTIONS[name])
+        peer = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + eps)
+        torch.testing.assert_close(group_advantages(rewards, group_size=4, options=options), peer.flatten())
+    population = AdvantageOptions.from_preset("asymgrpo", **STD_CONVENTIONS["population"])
+    assert population == AdvantageOptions()
+
+
+@pytest.mark.parametrize("beta_pos,beta_neg", [(0.5, 0.5), (0.9, 0.4), (0.0, 1.2)])
+def test_modulate_advantages_is_the_modulation_of_group_advantages(beta_pos, beta_neg):
+    z = torch.tensor([[-2.5, -1.0, -0.3, 0.0], [0.2, 1.0, 1.7, 3.0]], dtype=torch.float64)
+    adv = modulate_advantages(z, beta_pos, beta_neg)
+    assert adv.dtype == torch.float32 and adv.shape == z.shape
+    exponent = torch.where(z > 0, 2 * beta_pos, 2 * beta_neg)
+    torch.testing.assert_close(adv.double(), torch.sign(z) * z.abs() ** exponent, rtol=2e-6, atol=0)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    z_pop = (rewards - rewards.mean()) / rewards.std(unbiased=False)
+    torch.testing.assert_close(modulate_advantages(z_pop, beta_pos, beta_neg),
+                               group_advantages(rewards, group_size=6, beta_pos=beta_pos, beta_neg=beta_neg))
+
+
+def test_modulate_advantages_bad_arguments():
+    with pytest.raises(ValueError, match="beta_pos must be a finite number >= 0"):
+        modulate_advantages(torch.ones(2), -1.0, 0.5)
+    with pytest.raises(TypeError, match="z must be a floating-point tensor"):
+        modulate_advantages(torch.ones(2, dtype=torch.long), 0.5, 0.5)
+    with pytest.raises(TypeError, match="z must be a torch.Tensor"):
+        modulate_advantages([1.0], 0.5, 0.5)

@@ -12,7 +12,7 @@ from asymgrpo_kernels.dispatch import triton_available
 from asymgrpo_kernels.reference import asymgrpo_loss_reference, logprob_entropy_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-AGGS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+AGGS = ["token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 OPTIONS = {
     "plain": {},
     "kl": dict(kl_coef=0.2, kl_estimator="k3"),
@@ -104,6 +104,43 @@ def test_backends_on_and_off_policy(backend, on_policy):
 def test_no_bias_temperature_one_and_options_passed_through():
     problem = make_problem(seed=4, bias=False, temperature=1.0)
     assert_matches_reference(problem, OPTIONS["kl"], loss_agg="seq-mean-token-sum-norm", max_len=11, num_items=2.0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference", TRITON])
+@pytest.mark.parametrize("entropy_agg", ["token-mean", "seq-mean-token-sum"])
+def test_entropy_term_aggregated_on_its_own(backend, entropy_agg):
+    """entropy_agg / entropy_num_items on the single-pass torch path and the two-pass paths."""
+    options = dict(OPTIONS["everything"], entropy_coef=0.3, loss_agg="seq-mean-token-mean", num_items=5.0,
+                   entropy_agg=entropy_agg, entropy_num_items=6.0)
+    assert_matches_reference(make_problem(seed=17), options, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference", TRITON])
+def test_token_values_are_the_per_token_logprobs_and_entropy(backend):
+    problem = make_problem(seed=8)
+    hidden, weight = problem["hidden"].requires_grad_(), problem["weight"]
+    loss, metrics, values = fused_linear_asymgrpo_loss(
+        hidden, weight, problem["targets"], problem["mask"], problem["advantages"], bias=problem["bias"],
+        old_logprobs=problem["old_logprobs"], temperature=problem["temperature"], backend=backend,
+        return_token_values=True,
+    )
+    valid = problem["mask"] == 1
+    with torch.no_grad():
+        logp, entropy = logprob_entropy_reference(hidden.double(), weight.double(),
+                                                  torch.where(valid, problem["targets"], -100),
+                                                  problem["bias"].double(), problem["temperature"])
+    assert values.logprobs.shape == values.entropy.shape == problem["mask"].shape
+    assert values.logprobs.dtype == torch.float32 and not values.logprobs.requires_grad
+    torch.testing.assert_close(values.logprobs.double(), logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values.entropy.double(), entropy, rtol=1e-5, atol=1e-5)
+    assert torch.all(values.logprobs[~valid] == 0) and torch.all(values.entropy[~valid] == 0)
+    torch.testing.assert_close(metrics["entropy"], values.entropy[valid].mean())
+    loss.backward()  # the loss is still differentiable alongside
+    assert hidden.grad is not None
+    module_out = AsymGRPOLoss(backend=backend, temperature=problem["temperature"])(
+        hidden, weight, problem["targets"], problem["mask"], problem["advantages"], bias=problem["bias"],
+        old_logprobs=problem["old_logprobs"], return_token_values=True)
+    assert len(module_out) == 3 and torch.equal(module_out[2].logprobs, values.logprobs)
 
 
 def test_metrics_come_from_the_fused_entropy():

@@ -25,7 +25,7 @@ from asymgrpo_kernels import fused_linear_asymgrpo_loss, fused_linear_logprob_en
 B, T, H, V = 3, 5, 16, 37
 TOL = 1e-5
 
-# Liger loss_type -> our loss_agg (ALGORITHM.md section 3).
+# Liger loss_type -> our loss_agg (docs/algorithm.md §7).
 LOSS_TYPES = {"dapo": "token-mean", "bnpo": "token-mean", "grpo": "seq-mean-token-mean", "dr_grpo": "seq-mean-token-sum-norm"}
 
 

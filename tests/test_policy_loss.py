@@ -12,7 +12,7 @@ from asymgrpo_kernels.dispatch import triton_available
 from asymgrpo_kernels.reference import policy_loss_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-AGGS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+AGGS = ["token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 OPTIONS = {
     "plain": {},
     "clip_higher": dict(clip_low=0.2, clip_high=0.28),
@@ -70,6 +70,44 @@ def test_torch_matches_float64_formula(agg, name, per_token_adv):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("entropy_agg", AGGS)
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize("entropy_num_items", [None, 7.0])
+def test_entropy_term_aggregated_on_its_own(entropy_agg, agg, entropy_num_items):
+    """entropy_agg: the bonus -entropy_coef * H takes its own aggregation and count (TRL's convention
+    is a token mean over the micro-batch while the policy term follows loss_type)."""
+    data = make_batch(seed=11)
+    options = dict(OPTIONS["everything"], loss_agg=agg, num_items=3.0, entropy_agg=entropy_agg,
+                   entropy_num_items=entropy_num_items)
+    got = run(asym_policy_loss, data, options, backend="torch")
+    want = run(policy_loss_reference, data, options)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    # the policy term is unchanged: with entropy_coef 0 entropy_agg has no effect
+    plain = dict(options, entropy_coef=0.0)
+    assert torch.equal(run(asym_policy_loss, data, plain)[0], run(asym_policy_loss, data, dict(plain, entropy_agg=None,
+                                                                                              entropy_num_items=None))[0])
+
+
+def test_token_sum_scales_with_num_items():
+    """token-sum is the masked sum; num_items divides it (1 / world size under gradient averaging)."""
+    data = make_batch(seed=2)
+    total = run(asym_policy_loss, data, {}, loss_agg="token-sum")[0]
+    per_rank = run(asym_policy_loss, data, {}, loss_agg="token-sum", num_items=0.5)[0]
+    torch.testing.assert_close(per_rank, 2 * total, rtol=1e-12, atol=0)
+    mean = run(asym_policy_loss, data, {}, loss_agg="token-mean")[0]
+    torch.testing.assert_close(total, mean * data["mask"].sum(), rtol=1e-12, atol=0)
+
+
+def test_entropy_metric_is_the_mean_over_scored_tokens():
+    data = make_batch(seed=4)
+    _, metrics = asym_policy_loss(**_call(data, {}))
+    valid = data["mask"] == 1
+    torch.testing.assert_close(metrics["entropy"], data["entropy"][valid].mean().float())
+    _, without = asym_policy_loss(data["logprobs"], data["old_logprobs"], data["advantages"], data["mask"])
+    assert "entropy" not in without
+
+
 def test_ratios_cover_every_clip_branch():
     """The batches above exercise clipped-low, clipped-high, dual-clipped and unclipped tokens."""
     data = make_batch(seed=len("everything"))
@@ -80,17 +118,19 @@ def test_ratios_cover_every_clip_branch():
 
 
 @pytest.mark.skipif(not triton_available(), reason="triton cannot run here")
-@pytest.mark.parametrize("name", ["plain", "dual_clip", "kl_k1", "kl_k2", "everything"])
+@pytest.mark.parametrize("name", ["plain", "dual_clip", "kl_k1", "kl_k2", "everything", "entropy_agg"])
 def test_triton_matches_torch(name):
+    options = dict(OPTIONS["everything"], entropy_agg="token-mean", entropy_num_items=40.0) if name == "entropy_agg" \
+        else OPTIONS[name]
     data = make_batch(batch=8, seq_len=300, seed=3, dtype=torch.float32)  # > 1 program, every branch
-    got_loss, got_metrics = asym_policy_loss(**_call(data, OPTIONS[name]), backend="triton")
-    want_loss, want_metrics = asym_policy_loss(**_call(data, OPTIONS[name]), backend="torch")
+    got_loss, got_metrics = asym_policy_loss(**_call(data, options), backend="triton")
+    want_loss, want_metrics = asym_policy_loss(**_call(data, options), backend="torch")
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-6, atol=1e-7)
     assert got_metrics.keys() == want_metrics.keys()
     for key in want_metrics:
         torch.testing.assert_close(got_metrics[key], want_metrics[key], rtol=1e-6, atol=1e-7)
-    got = run(asym_policy_loss, data, OPTIONS[name], backend="triton")
-    want = run(asym_policy_loss, data, OPTIONS[name], backend="torch")
+    got = run(asym_policy_loss, data, options, backend="triton")
+    want = run(asym_policy_loss, data, options, backend="torch")
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
 
@@ -192,7 +232,7 @@ def test_num_items_makes_micro_batches_add_up(agg):
     """Gradient accumulation: micro-batch losses with the step's count sum to the full-batch loss."""
     data = make_batch(batch=6, seq_len=5, seed=11)
     full = run(asym_policy_loss, data, OPTIONS["everything"], loss_agg=agg)
-    count = data["mask"].sum().item() if agg == "token-mean" else 6
+    count = {"token-mean": data["mask"].sum().item(), "token-sum": 1}.get(agg, 6)
     parts = []
     for rows in (slice(0, 2), slice(2, 6)):
         part = {k: v[rows] for k, v in data.items()}
@@ -245,7 +285,7 @@ def _bad(**override):
         (dict(clip_high=-1.0), ValueError, "clip_high must be a finite number >= 0"),
         (dict(dual_clip=1.0), ValueError, r"dual_clip must be > 1 \(or None\), got 1.0"),
         (dict(dual_clip=0.5), ValueError, "dual_clip must be > 1"),
-        (dict(loss_agg="seq-mean"), ValueError, "loss_agg must be one of 'token-mean', 'seq-mean-token-mean', "
+        (dict(loss_agg="seq-mean"), ValueError, "loss_agg must be one of 'token-mean', 'token-sum', 'seq-mean-token-mean', "
                                                  "'seq-mean-token-sum', 'seq-mean-token-sum-norm'"),
         (dict(kl_estimator="low_var_kl"), ValueError, "kl_estimator must be one of 'k1', 'k2', 'k3'"),
         (dict(kl_coef=0.1), ValueError, "kl_coef != 0 needs the reference log-probs"),
@@ -254,6 +294,12 @@ def _bad(**override):
         (dict(max_len=8), ValueError, "max_len applies only to loss_agg='seq-mean-token-sum-norm'"),
         (dict(num_items=0), ValueError, "num_items must be a finite number > 0"),
         (dict(num_items="3"), TypeError, "num_items must be a number or a one-element tensor"),
+        (dict(entropy_agg="mean"), ValueError, "entropy_agg must be one of 'token-mean', 'token-sum'"),
+        (dict(entropy_num_items=4.0), ValueError, "entropy_num_items applies only with entropy_agg set"),
+        (dict(entropy_agg="token-mean", entropy_num_items=-1.0), ValueError,
+         "entropy_num_items must be a finite number > 0"),
+        (dict(entropy_agg="token-mean", entropy_num_items=torch.tensor(0.0)), ValueError,
+         "entropy_num_items must be a finite number > 0, got 0.0"),
         (dict(backend="cuda"), ValueError, "backend must be one of"),
     ],
 )

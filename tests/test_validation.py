@@ -126,6 +126,20 @@ def test_one_host_read_per_call(host_reads, backend):
     assert host_reads == ["tolist"]
 
 
+def test_metric_values_read_every_metric_at_once(host_reads):
+    """Logging the metrics costs one device-to-host transfer, not one per metric."""
+    from asymgrpo_kernels import fused_linear_asymgrpo_loss, metric_values
+
+    hidden, weight, targets, mask, adv, old = _loss_inputs()
+    _, metrics = fused_linear_asymgrpo_loss(hidden, weight, targets, mask, adv, old_logprobs=old, dual_clip=3.0)
+    host_reads.clear()
+    values = metric_values(metrics)
+    assert host_reads == ["tolist"]
+    assert list(values) == list(metrics) and len(values) > 10
+    for name, value in values.items():
+        assert isinstance(value, float) and value == pytest.approx(float(metrics[name]), rel=1e-7), name
+
+
 def test_policy_loss_compiles_without_graph_breaks():
     """Under torch.compile the value checks step aside: no graph break comes from validation."""
     import torch._dynamo
