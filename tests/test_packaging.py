@@ -96,6 +96,13 @@ def test_wheel_contents_and_metadata(wheel: Path) -> None:
     assert license_text == (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "[console_scripts]" in entry_points
     assert "asymgrpo = asymgrpo.cli:main" in entry_points
+    # `import verl` loads this group: the asymgrpo estimator and policy loss (docs/verl.md)
+    assert "[verl.plugins]" in entry_points
+    assert "asymgrpo = asymgrpo.integrations.verl" in entry_points
+    for module in ("asymgrpo/integrations/trl/__init__.py", "asymgrpo/integrations/verl/__init__.py"):
+        assert module in names, f"{module} is missing from the wheel"
+    extras = metadata.get_all("Provides-Extra")
+    assert {"trl", "verl", "verl-runtime"} <= set(extras), extras
 
 
 def test_wheel_installs_and_imports_without_torch(wheel: Path, tmp_path: Path) -> None:
@@ -124,6 +131,22 @@ def test_wheel_installs_and_imports_without_torch(wheel: Path, tmp_path: Path) -
     assert found["scripts"] == ["asymgrpo.cli:main"], found
     assert not found["torch"] and not found["kernels"], "import asymgrpo must stay light"
     assert (bin_dir / ("asymgrpo.exe" if os.name == "nt" else "asymgrpo")).exists()
+
+
+def test_install_script_pins_verl_as_the_extra_does() -> None:
+    """scripts/install.sh installs verl without its dependencies at the `verl` extra's version: one pin."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    (verl,) = extras["verl"]
+    assert verl.startswith("verl=="), verl
+    script = (ROOT / "scripts" / "install.sh").read_text(encoding="utf-8")
+    assert '["optional-dependencies"]["verl"][0]' in script and "--no-deps" in script
+    import importlib.metadata as md
+
+    assert md.version("verl") == verl.removeprefix("verl=="), "this environment runs the pinned verl"
+    (trl,) = [r for r in extras["trl"] if r.startswith("trl")]
+    assert md.version("trl") == trl.removeprefix("trl=="), "this environment runs the pinned TRL"
 
 
 def test_version_in_this_environment() -> None:
