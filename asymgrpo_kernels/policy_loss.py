@@ -217,7 +217,8 @@ def asym_policy_loss(
     return loss, metrics
 
 
-def _masked_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """float32 mean of ``values`` where ``where`` (bool, same shape) holds; 0 over no entries."""
     count = where.sum()
     total = torch.where(where, values, torch.zeros_like(values)).sum()
     return (total / count.clamp(min=1)).float()
@@ -236,26 +237,26 @@ def loss_metrics(
     valid, adv = tokens.valid, tokens.advantages
     metrics = {
         "tokens": valid.sum().float(),
-        "clip_frac_low": _masked_mean((clipped & CLIP_LOW) != 0, valid),
-        "clip_frac_high": _masked_mean((clipped & CLIP_HIGH) != 0, valid),
+        "clip_frac_low": masked_mean((clipped & CLIP_LOW) != 0, valid),
+        "clip_frac_high": masked_mean((clipped & CLIP_HIGH) != 0, valid),
     }
     if tokens.options.dual_clip is not None:
-        metrics["clip_frac_dual"] = _masked_mean((clipped & CLIP_DUAL) != 0, valid)
+        metrics["clip_frac_dual"] = masked_mean((clipped & CLIP_DUAL) != 0, valid)
     if tokens.old_logprobs is None:
         log_ratio = torch.zeros_like(ratio, dtype=torch.float64)
     else:
         log_ratio = (logprobs.detach().double() - tokens.old_logprobs.double()).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     log_ratio = torch.where(valid, log_ratio, 0.0)
-    metrics["approx_kl"] = _masked_mean(torch.expm1(log_ratio) - log_ratio, valid)
-    metrics["ratio_mean"] = _masked_mean(ratio, valid)
+    metrics["approx_kl"] = masked_mean(torch.expm1(log_ratio) - log_ratio, valid)
+    metrics["ratio_mean"] = masked_mean(ratio, valid)
     metrics["ratio_max"] = ratio.amax().float() if ratio.numel() else torch.zeros((), device=ratio.device)
     if tokens.ref_logprobs is not None:
-        metrics["ref_kl"] = _masked_mean(kl, valid)
+        metrics["ref_kl"] = masked_mean(kl, valid)
     if entropy is not None:
         ent = entropy.detach().reshape(-1)
-        metrics["entropy"] = _masked_mean(ent, valid)
+        metrics["entropy"] = masked_mean(ent, valid)
         for name, channel in (("pos", valid & (adv > 0)), ("neg", valid & (adv < 0))):
-            metrics[f"entropy_{name}"] = _masked_mean(ent, channel)
+            metrics[f"entropy_{name}"] = masked_mean(ent, channel)
             metrics[f"tokens_{name}"] = channel.sum().float()
     return metrics
 

@@ -8,17 +8,12 @@ import torch
 
 from asymgrpo_kernels import asym_policy_loss, metric_values
 from asymgrpo_kernels.options import LOG_RATIO_LIMIT
+from asymgrpo_kernels.policy_loss import masked_mean
 
 from .config import loss_options, num_items
 
 #: Our metrics (docs/algorithm.md §4) reported beside verl's, as ``actor/<name>``.
 OWN_METRICS = ("clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean", "ratio_max")
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over mask != 0 (0 when there is none), float32."""
-    where = mask != 0
-    return (torch.where(where, values, 0.0).sum() / where.sum().clamp(min=1)).float()
 
 
 def verl_metrics(
@@ -34,7 +29,7 @@ def verl_metrics(
     log_ratio = (old_log_prob.detach() - log_prob.detach()).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     return {
         "actor/pg_clipfrac": metrics["clip_frac_low"] + metrics["clip_frac_high"],
-        "actor/ppo_kl": _masked_mean(log_ratio, mask),
+        "actor/ppo_kl": masked_mean(log_ratio, mask != 0),
         "actor/pg_clipfrac_lower": metrics["clip_frac_dual"],
         **{f"actor/{name}": metrics[name] for name in OWN_METRICS},
     }
