@@ -4,8 +4,9 @@
         config.json, model.safetensors, tokenizer files   (loadable by vLLM and transformers)
         trainer_state.pt                                  (step, optimizer, RNG states)
 
-Folders are written under a temporary name and renamed, so a run killed mid-save leaves
-the previous checkpoint intact.
+Folders are written under a temporary name, fsync'd, and renamed (``durable.publish_dir``), so
+a run killed mid-save, or a power loss, leaves the previous checkpoint intact and never a
+checkpoint with truncated files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .durable import publish_dir
 
 STATE_FILE = "trainer_state.pt"
 
@@ -39,15 +42,14 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
     torch.save(state, tmp / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    publish_dir(tmp, final)
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old)
     return final
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Step checkpoints, oldest first."""
+    """Step checkpoints, oldest first (half-written ``.tmp_*`` folders are not listed)."""
     root = checkpoint_dir(output_dir)
     return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).exists()) if root.exists() else []
 
@@ -63,3 +65,8 @@ def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer) -> int:
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return int(state["step"])
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step a ``step_NNNNNN`` checkpoint folder was saved at, from its name."""
+    return int(folder.name.removeprefix("step_"))

@@ -1,7 +1,9 @@
 """Command line: ``asymgrpo train [--config FILE] [--KEY VALUE ...]`` and ``asymgrpo eval CHECKPOINT``.
 
 Every key of ``TrainConfig`` is an option of ``train`` (``--group-size 8`` or ``--group_size 8``);
-the YAML file's keys are the same names. The config is checked before anything heavy loads.
+the YAML file's keys are the same names. The config and every input are checked before anything
+heavy loads; a user error ends as one line on stderr and exit code 2, Ctrl-C as a line saying how
+to continue (``--resume``).
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 import typing
 from pathlib import Path
 
 from .config import EMBEDDED, ConfigError, TrainConfig, config_fields
+from .preflight import check_inputs, check_model, check_texts, load_data, load_reward, load_tokenizer
+from .rewards import RewardFailure, SafeReward
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,75 +57,98 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; return its exit code: 0 done, 2 a user error (one line on stderr), 128 + N stopped by signal N."""
+    _import_from_current_folder()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
             return run_train(args)
         return run_eval(args)
-    except ConfigError as error:
-        print(f"asymgrpo: config error: {error}", file=sys.stderr)
+    except (ConfigError, RewardFailure) as error:
+        print(f"asymgrpo: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # training handles its own (run_train); this is eval, or a Ctrl-C while starting
+        print("\nasymgrpo: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
-    config = TrainConfig.load(args.config, overrides)  # checked before anything heavy is imported
+    config = TrainConfig.load(args.config, overrides)
+    check_inputs(config)  # before the trainer's imports (transformers, vLLM); train() checks again, cheaply
     _quiet_libraries()
     from .trainer import train
 
-    result = train(config)
-    print(f"done: {result.steps} steps in {result.wall_time_s:.0f} s")
+    out = Path(config.output_dir)
+    resume = f"asymgrpo train --resume --output-dir {shlex.quote(str(out))}"
+    try:
+        result = train(config)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first stops after the step), or one before training
+        started = (out / "run.json").is_file()
+        print(f"\nasymgrpo: interrupted; continue from the newest checkpoint with: {resume}" if started else
+              "\nasymgrpo: interrupted before the run started", file=sys.stderr)
+        return 128 + signal.SIGINT
+    accuracy = (f" (held-out greedy accuracy {result.initial_accuracy:.3f} -> {result.final_accuracy:.3f})"
+                if result.initial_accuracy is not None else "")
+    if result.start_step == result.steps:
+        print(f"{out} has already finished its {result.steps} steps{accuracy}: nothing to resume. "
+              f"To train further, pass --steps N (N > {result.steps}) with --resume")
+        return 0
+    if result.signal is not None:
+        print(f"asymgrpo: {signal.Signals(result.signal).name}: stopped at step {result.steps} of {config.steps}, "
+              f"checkpoint saved; continue with: {resume}", file=sys.stderr)
+        return 128 + result.signal
+    print(f"done: {result.steps - result.start_step} steps in {result.wall_time_s:.0f} s")
     if result.initial_accuracy is not None:
         print(f"held-out greedy accuracy: {result.initial_accuracy:.3f} at the start -> {result.final_accuracy:.3f} at the end")
-    print(f"wrote {result.output_dir / 'metrics.jsonl'}, {result.output_dir / 'curves.png'}, "
-          f"checkpoints in {result.output_dir / 'checkpoints'}")
+    print(f"wrote {out / 'metrics.jsonl'}, {out / 'curves.png'}, checkpoints in {out / 'checkpoints'}")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
     if args.num_prompts <= 0 or any(k <= 0 for k in args.k):
         raise ConfigError("--num-prompts and every --k must be > 0")
+    check_model(args.checkpoint, key="checkpoint")
     run = _run_config(Path(args.checkpoint))
     keys = ("seed", "embedded_test_size", "embedded_max_operand", "prompt_template", "prompt_field", "answer_field",
-            "reward", "reward_timeout_s", "max_new_tokens")
+            "reward", "reward_timeout_s", "reward_workers", "max_new_tokens")
     values = {key: run[key] for key in keys if key in run}
     for key in ("max_new_tokens", "prompt_field", "answer_field"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     dataset = args.dataset or run.get("eval_dataset") or EMBEDDED
-    if dataset != EMBEDDED:
-        values.update(dataset=dataset, eval_dataset=dataset, eval_split=args.split)
+    values.update(dataset=dataset, eval_dataset=dataset, train_split=args.split, eval_split=args.split)
     config = TrainConfig.from_dict({**values, "model": str(args.checkpoint)})
+    eval_set = load_data(config)[1][: args.num_prompts]
+    reward_fn, name = load_reward(config)
+    reward = SafeReward(reward_fn, config.reward_timeout_s, workers=config.reward_workers, name=name)
     _quiet_libraries()
 
-    from transformers import AutoTokenizer
-
-    from .data import arithmetic_splits, load_examples
     from .evaluate import evaluate
     from .policy import resolve_dtype
-    from .rewards import SafeReward, resolve_reward
     from .rollout import RolloutEngine
-    from .trainer import max_model_len, reward_name
+    from .trainer import max_model_len
 
-    if dataset == EMBEDDED:
-        eval_set = arithmetic_splits(seed=config.seed, test_size=config.embedded_test_size,
-                                     max_operand=config.embedded_max_operand)[1]
-    else:
-        eval_set = load_examples(dataset, prompt_field=config.prompt_field, answer_field=config.answer_field,
-                                 split=args.split)
-    eval_set = eval_set[: args.num_prompts]
-    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
+    tokenizer = load_tokenizer(args.checkpoint)
+    check_texts(tokenizer, config, [], eval_set)
     prompt_ids = [tokenizer(config.prompt_template.format(prompt=e.prompt))["input_ids"] for e in eval_set]
     engine = RolloutEngine(args.checkpoint, dtype=str(resolve_dtype("auto")).removeprefix("torch."),
                            max_model_len=max_model_len(config, prompt_ids), seed=args.seed)
-    reward = SafeReward(resolve_reward(reward_name(config)), config.reward_timeout_s)
-    result = evaluate(engine, tokenizer, eval_set, reward, prompt_template=config.prompt_template,
-                      max_new_tokens=config.max_new_tokens, ks=tuple(args.k), temperature=args.temperature,
-                      seed=args.seed)
+    with reward:
+        result = evaluate(engine, tokenizer, eval_set, reward, prompt_template=config.prompt_template,
+                          max_new_tokens=config.max_new_tokens, ks=tuple(args.k), temperature=args.temperature,
+                          seed=args.seed)
     report = {"checkpoint": str(args.checkpoint), "prompts": result.num_prompts, "greedy_accuracy": result.accuracy,
-              **{f"pass@{k}": v for k, v in result.pass_at_k.items()}}
+              **{f"pass@{k}": v for k, v in result.pass_at_k.items()},
+              "reward_failures": result.reward_stats.failures}
     print(json.dumps(report, indent=1))
     return 0
+
+
+def _import_from_current_folder() -> None:
+    """Let ``--reward my_module:fn`` find ``my_module.py`` in the current folder, as ``python -m asymgrpo`` does."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _quiet_libraries() -> None:

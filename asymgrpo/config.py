@@ -48,10 +48,13 @@ class TrainConfig:
     answer_field: str = _opt("answer", "Record field holding the reference answer.")
     prompt_template: str = _opt("{prompt}", "Python format string applied to each prompt; {prompt} is the record's prompt, literal braces are doubled.")
     reward: str = _opt("auto", "'exact', 'math' (math-verify), a dotted path 'pkg.module:function', or 'auto' (exact on embedded, math otherwise).")
-    reward_timeout_s: float = _opt(5.0, "Seconds one reward call may take; slower calls score 0 and are counted.")
-    output_dir: str = _opt("runs/asymgrpo", "Where metrics.jsonl, curves.png and checkpoints/ go.")
+    reward_timeout_s: float = _opt(5.0, "Seconds one reward call may take; slower calls are stopped, score 0 and are counted.")
+    reward_workers: int = _opt(0, "Worker processes that score rewards in parallel; 0 = one per CPU core, at most 8.")
+    allow_reward_failures: bool = _opt(False, "Go on when every reward call of a batch fails (by default the run stops with the first failure's error).")
+    output_dir: str = _opt("runs/asymgrpo", "Where run.json, metrics.jsonl, curves.png and checkpoints/ go.")
     seed: int = _opt(0, "Seed for data order, initialisation, sampling.")
-    resume: bool = _opt(False, "Continue from the latest checkpoint in output_dir/checkpoints.")
+    resume: bool = _opt(False, "Continue the run in output_dir from its newest checkpoint, under its saved config (run.json).")
+    overwrite: bool = _opt(False, "Start a new run in an output_dir that holds one, deleting its run.json, metrics, curves and checkpoints.")
 
     # --- embedded task and warm-up (model == 'embedded' only) ---------------------------
     embedded_max_operand: int = _opt(99, "Operands a, b of the embedded task are drawn from 0..this.")
@@ -122,18 +125,22 @@ class TrainConfig:
 
     @classmethod
     def load(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "TrainConfig":
-        """Defaults, then a YAML file's keys, then ``overrides`` (already-typed or string values)."""
-        values: dict[str, Any] = {}
-        if yaml_path is not None:
-            import yaml
+        """Defaults, then a YAML file's keys, then ``overrides`` (already-typed or string values).
 
-            with open(yaml_path) as f:
-                loaded = yaml.safe_load(f) or {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{yaml_path} must hold a mapping of keys to values, got {type(loaded).__name__}")
-            values.update(loaded)
-        values.update(overrides or {})
-        return cls.from_dict(values)
+        With ``resume`` on, the defaults are the run's saved config (output_dir/run.json) instead:
+        what is not given again keeps the run's value, and what is given must match it
+        (checked when the run starts, ``run_dir.check_resumable``).
+        """
+        values: dict[str, Any] = {**(_read_yaml(Path(yaml_path)) if yaml_path is not None else {}), **(overrides or {})}
+        config = cls.from_dict(values)
+        if config.resume:
+            from .run_dir import saved_run
+
+            run = saved_run(config.output_dir)
+            if run is not None:
+                saved = {k: v for k, v in run["config"].items() if k not in ("resume", "overwrite")}
+                config = cls.from_dict({**saved, **values})
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,7 +152,7 @@ class TrainConfig:
         for key in positive_ints:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("warmup_steps", "eval_every", "checkpoint_every", "vllm_max_model_len"):
+        for key in ("warmup_steps", "eval_every", "checkpoint_every", "vllm_max_model_len", "reward_workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("reward_timeout_s", "temperature", "lr", "warmup_lr", "vllm_cpu_kvcache_gb"):
@@ -187,12 +194,17 @@ class TrainConfig:
                               f"(write literal braces twice, e.g. \\boxed{{{{}}}}): {error!r}") from None
         if self.reward not in ("auto", "exact", "math") and ":" not in self.reward and "." not in self.reward:
             raise ConfigError(f"reward must be 'auto', 'exact', 'math' or a dotted path like 'pkg.module:function', got {self.reward!r}")
-        if self.dataset != EMBEDDED and not (self.dataset.endswith(".jsonl") or Path(self.dataset).is_dir()):
-            raise ConfigError(f"dataset must be 'embedded', a .jsonl file or a datasets folder; {self.dataset!r} is neither")
-        if self.dataset != EMBEDDED and self.dataset.endswith(".jsonl") and not Path(self.dataset).is_file():
-            raise ConfigError(f"dataset file {self.dataset!r} does not exist")
+        _check_data_source("dataset", self.dataset)
+        if self.eval_dataset is not None:
+            _check_data_source("eval_dataset", self.eval_dataset)
         if self.model == EMBEDDED and self.dataset != EMBEDDED:
-            raise ConfigError("model 'embedded' only knows the embedded task's characters: use dataset 'embedded' with it")
+            raise ConfigError(
+                "model 'embedded' builds its model for the embedded task's data (dataset 'embedded'). To train it on "
+                "your own data, start from its warm-up checkpoint instead: run `asymgrpo train` once, then pass "
+                "--model runs/asymgrpo/checkpoints/warmup (its tokenizer knows only the characters 0-9 + - * / = and space)")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite exclude each other: resume continues the run in output_dir, "
+                              "overwrite replaces it")
 
     def loss_module(self) -> AsymGRPOLoss:
         """The objective of this config: its advantages (the preset under beta_pos / beta_neg /
@@ -207,6 +219,35 @@ class TrainConfig:
         max_len = self.max_new_tokens if self.loss_agg == "seq-mean-token-sum-norm" else None
         return AsymGRPOLoss(self.preset, temperature=self.temperature, backend=self.loss_backend, max_len=max_len,
                             **objective)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; ConfigError (one line, naming the file) when it cannot be read."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {problem}{where}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(loaded).__name__}")
+    return loaded
+
+
+def _check_data_source(key: str, source: str) -> None:
+    """``source`` is 'embedded', an existing .jsonl file or a folder (read by the datasets library)."""
+    if source == EMBEDDED:
+        return
+    if source.endswith(".jsonl"):
+        if not Path(source).is_file():
+            raise ConfigError(f"{key} file {source!r} does not exist")
+    elif not Path(source).is_dir():
+        raise ConfigError(f"{key} must be 'embedded', a .jsonl file or a datasets folder; {source!r} is neither")
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:

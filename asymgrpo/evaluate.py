@@ -6,17 +6,19 @@ import math
 from dataclasses import dataclass
 
 from .data import Example
-from .rewards import SafeReward
+from .rewards import RewardStats, SafeReward
 from .rollout import RolloutEngine
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """accuracy: share of prompts whose greedy completion scores 1; pass_at_k: {k: unbiased pass@k estimate}."""
+    """accuracy: share of prompts whose greedy completion scores 1; pass_at_k: {k: unbiased pass@k estimate};
+    reward_stats: the failed reward calls of the evaluation (greedy and sampled ones together)."""
 
     accuracy: float
     pass_at_k: dict[int, float]
     num_prompts: int
+    reward_stats: RewardStats
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -27,22 +29,28 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate(engine: RolloutEngine, tokenizer, examples: list[Example], reward: SafeReward, *, prompt_template: str,
-             max_new_tokens: int, ks: tuple[int, ...] = (), temperature: float = 1.0, seed: int = 0) -> EvalResult:
-    """Greedy accuracy on ``examples``; with ``ks``, also pass@k from max(ks) samples per prompt at ``temperature``."""
+             max_new_tokens: int, ks: tuple[int, ...] = (), temperature: float = 1.0, seed: int = 0,
+             require_success: bool = True) -> EvalResult:
+    """Greedy accuracy on ``examples``; with ``ks``, also pass@k from max(ks) samples per prompt at ``temperature``.
+
+    require_success: raise ``RewardFailure`` when every reward call of a batch fails (``SafeReward.score``).
+    """
     texts = [prompt_template.format(prompt=e.prompt) for e in examples]
     prompt_ids = [tokenizer(t)["input_ids"] for t in texts]
     greedy = engine.greedy(prompt_ids, max_tokens=max_new_tokens)
     decoded = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in greedy]
-    scores = reward.score(texts, decoded, [e.answer for e in examples])
-    accuracy = sum(s == 1.0 for s in scores) / len(examples)
+    scored = reward.score(texts, decoded, [e.answer for e in examples], require_success=require_success)
+    accuracy = sum(s == 1.0 for s in scored.values) / len(examples)
+    stats = scored.stats
     passes: dict[int, float] = {}
     if ks:
         n = max(ks)
         seeds = [seed + i * n for i in range(len(examples))]
         groups = engine.sample(prompt_ids, n=n, max_tokens=max_new_tokens, temperature=temperature, seeds=seeds)
-        correct = []
-        for text, example, group in zip(texts, examples, groups, strict=True):
-            completions = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in group]
-            correct.append(sum(s == 1.0 for s in reward.score([text] * n, completions, [example.answer] * n)))
+        sampled = reward.score([t for t in texts for _ in range(n)],
+                               [tokenizer.decode(c.token_ids, skip_special_tokens=True) for g in groups for c in g],
+                               [e.answer for e in examples for _ in range(n)], require_success=require_success)
+        correct = [sum(s == 1.0 for s in sampled.values[i * n:(i + 1) * n]) for i in range(len(examples))]
         passes = {k: sum(pass_at_k(n, c, k) for c in correct) / len(examples) for k in sorted(set(ks))}
-    return EvalResult(accuracy=accuracy, pass_at_k=passes, num_prompts=len(examples))
+        stats = stats.merge(sampled.stats)
+    return EvalResult(accuracy=accuracy, pass_at_k=passes, num_prompts=len(examples), reward_stats=stats)

@@ -8,6 +8,8 @@ log-probs, entropies and the loss come from fused kernels fed with the LM head's
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -31,6 +33,22 @@ def resolve_attn_implementation(name: str) -> str:
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of a model folder or hub name, as saved.
+
+    ``AutoTokenizer`` in transformers 5 rebuilds a character-level (``WordLevel``) tokenizer.json,
+    such as the embedded model's, as the model type's BPE tokenizer, which drops spaces and
+    unknown characters; such a folder is loaded with ``PreTrainedTokenizerFast`` instead.
+    Raises OSError (transformers') when the tokenizer cannot be loaded.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    saved = Path(path) / "tokenizer.json"
+    if saved.is_file() and json.loads(saved.read_text()).get("model", {}).get("type") == "WordLevel":
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def load_policy(path: str, *, dtype: torch.dtype, attn_implementation: str, device: torch.device,

@@ -16,38 +16,50 @@ its advantages, its loss, and the temperature and backend of every scoring call.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from asymgrpo_kernels import AsymGRPOLoss
 
 from .batch import PackedBatch, pack
 from .checkpoint import checkpoint_dir, list_checkpoints, load_trainer_state, save_checkpoint
 from .config import EMBEDDED, TrainConfig
-from .data import Example, arithmetic_splits, load_examples
+from .data import Example
+from .durable import publish_dir
 from .evaluate import evaluate
+from .interrupt import StopRequest
 from .plotting import plot_metrics
 from .policy import last_hidden, lm_head_weight, load_policy, resolve_attn_implementation, resolve_dtype, sequence_logprobs
-from .rewards import RewardStats, SafeReward, resolve_reward
+from .preflight import RunInputs, check_inputs, check_texts, load_tokenizer
+from .rewards import RewardFailure, RewardStats, SafeReward
 from .rollout import RolloutEngine
+from .run_dir import (CURVES_FILE, METRICS_FILE, append_metrics, clear_run, keep_metrics_until, read_metrics,
+                      saved_run, write_run)
 
 TIMING_KEYS = ("step_time", "rollout_time", "tokens_per_s")  # metrics that depend on the wall clock, not on the run
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """initial / final_accuracy: the run's first and latest held-out accuracy (None without held-out data).
+
+    steps: the step reached; start_step: where this call started (0, or the resumed checkpoint's
+    step; == steps when the run had already finished); signal: the SIGINT / SIGTERM that stopped it early.
+    """
+
     initial_accuracy: float | None
     final_accuracy: float | None
     steps: int
     wall_time_s: float
     output_dir: Path
+    start_step: int = 0
+    signal: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,10 +90,12 @@ class Scores:
     """What the update uses, all computed before it. Per-token tensors are [N, T-1], 0 off the mask.
 
     old_logprobs / entropy: the policy's; ref_logprobs: the reference model's (None without KL);
-    mismatch: |policy - vLLM| sampled-token log-prob; is_weights: None without tis_cap.
+    mismatch: |policy - vLLM| sampled-token log-prob; is_weights: None without tis_cap;
+    reward_stats: the failed reward calls of the batch.
     """
 
     rewards: torch.Tensor
+    reward_stats: RewardStats
     advantages: torch.Tensor
     old_logprobs: torch.Tensor
     entropy: torch.Tensor
@@ -93,76 +107,129 @@ class Scores:
 def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_after: int | None = None) -> TrainResult:
     """Run (or, with ``config.resume``, continue) training; return the held-out accuracy before and after.
 
+    Every input is checked first (``preflight.check_inputs``: ConfigError, nothing written yet).
+    A run whose last step is checkpointed returns at once (``TrainResult.start_step == steps``).
+    SIGINT / SIGTERM stop the run after the current step, with a checkpoint (``TrainResult.signal``).
+
     engine: an already running engine whose model has the policy's architecture and vocabulary
         (tests share one); the policy's weights are pushed into it first. None starts one.
     stop_after: return after this step, as if the run were killed there (after its checkpoint, if any).
     """
     started = time.perf_counter()
+    inputs = check_inputs(config)
     out = Path(config.output_dir)
+    step = inputs.resume_step
+    if config.resume and step == config.steps:
+        return finished_result(out, step, started)
+    base_path = prepare_run_folder(config, inputs, out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     loss_fn = config.loss_module()
-    train_set, eval_set = load_data(config)
-    reward = SafeReward(resolve_reward(reward_name(config)), config.reward_timeout_s)
 
     # --- starting weights: a checkpoint to resume from, else the warm-up / the configured model
-    resume_from = list_checkpoints(out)[-1] if config.resume and list_checkpoints(out) else None
-    if resume_from is None:
-        start_fresh(out)
-        base_path = initial_model(config, train_set, out)
-    else:
-        base_path = Path(json.loads((out / "run.json").read_text())["base_model"])
+    resume_from = list_checkpoints(out)[-1] if step else None
     load_path = str(resume_from or base_path)
-    tokenizer = AutoTokenizer.from_pretrained(load_path)
+    tokenizer = load_tokenizer(load_path)
+    check_texts(tokenizer, config, inputs.train_set, inputs.eval_set)
     dtype = resolve_dtype(config.dtype)  # compute dtype; parameters and optimizer state stay float32
     attn = resolve_attn_implementation(config.attn_implementation)
     model = load_policy(load_path, dtype=torch.float32, attn_implementation=attn, device=device,
                         gradient_checkpointing=config.gradient_checkpointing)
     ref_model = reference_model(base_path, dtype, attn, device) if config.kl_coef != 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step = load_trainer_state(resume_from, optimizer) if resume_from else 0
-    metrics_path = out / "metrics.jsonl"
-    truncate_metrics(metrics_path, step)
+    if resume_from is not None:
+        load_trainer_state(resume_from, optimizer)
 
     # --- rollout engine -----------------------------------------------------------------
-    prompts = tokenize_prompts(train_set, tokenizer, config.prompt_template)
+    prompts = tokenize_prompts(inputs.train_set, tokenizer, config.prompt_template)
     if engine is None:
-        eval_ids = tokenize_prompts(eval_set, tokenizer, config.prompt_template).ids
+        eval_ids = tokenize_prompts(inputs.eval_set, tokenizer, config.prompt_template).ids
         engine = start_engine(config, load_path, dtype, prompts.ids + eval_ids)
     engine.load_weights(model.state_dict().items())
+    reward = SafeReward(inputs.reward_fn, config.reward_timeout_s, workers=config.reward_workers,
+                        name=inputs.reward_name)
 
-    if step == 0:
-        initial_accuracy = held_out_accuracy(engine, tokenizer, eval_set, reward, config)
-        append_metrics(metrics_path, {"step": 0, "accuracy": initial_accuracy})
-    else:
-        initial_accuracy = read_initial_accuracy(metrics_path)
-    accuracy = initial_accuracy  # the latest evaluation's: shown by the progress bar, returned at the end
-    bar = progress_bar(config, step)
+    with reward, StopRequest() as stop:
+        if step == 0:
+            with stopped_at(0, "the starting evaluation"):
+                initial_accuracy, eval_stats = held_out_accuracy(engine, tokenizer, inputs.eval_set, reward, config)
+            append_metrics(out, {"step": 0, "accuracy": initial_accuracy, **reward_counts(eval_stats, "eval_")})
+        else:
+            initial_accuracy = accuracies(read_metrics(out)[0])[0]
+        accuracy = initial_accuracy  # the latest evaluation's: shown by the progress bar, returned at the end
+        bar = progress_bar(config, step)
 
-    # --- training loop ------------------------------------------------------------------
-    while step < config.steps:
-        step += 1
-        step_started = time.perf_counter()
-        samples = rollout(engine, prompts, tokenizer, step, config, device)
-        scores = score(model, ref_model, loss_fn, reward, samples, prompts, config, dtype)
-        losses = update(model, optimizer, loss_fn, samples.batch, scores, config, dtype)
-        engine.load_weights(model.state_dict().items())
-        step_time = time.perf_counter() - step_started
-        evaluated = due(step, config.eval_every, config.steps)
-        if evaluated:
-            accuracy = held_out_accuracy(engine, tokenizer, eval_set, reward, config)
-        log_step(step, samples, scores, losses, step_time=step_time, accuracy=accuracy, evaluated=evaluated,
-                 reward_stats=reward.stats, optimizer=optimizer, model=model, tokenizer=tokenizer, bar=bar, config=config)
-        if stop_after is not None and step >= stop_after:
-            break
+        # --- training loop --------------------------------------------------------------
+        while step < config.steps and stop.signal is None:
+            step += 1
+            with stopped_at(step, "training"):
+                step_started = time.perf_counter()
+                samples = rollout(engine, prompts, tokenizer, step, config, device)
+                scores = score(model, ref_model, loss_fn, reward, samples, prompts, config, dtype)
+                losses = update(model, optimizer, loss_fn, samples.batch, scores, config, dtype)
+                engine.load_weights(model.state_dict().items())
+                step_time = time.perf_counter() - step_started
+                evaluated = due(step, config.eval_every, config.steps)
+                eval_stats = None
+                if evaluated:
+                    accuracy, eval_stats = held_out_accuracy(engine, tokenizer, inputs.eval_set, reward, config)
+            log_step(step, samples, scores, losses, step_time=step_time, accuracy=accuracy, eval_stats=eval_stats,
+                     optimizer=optimizer, model=model, tokenizer=tokenizer, bar=bar, config=config)
+            if stop_after is not None and step >= stop_after:
+                break
+        if stop.signal is not None and step > 0 and not due(step, config.checkpoint_every, config.steps):
+            save_checkpoint(out, step, model, tokenizer, optimizer, keep=config.keep_checkpoints)
 
     # --- end ----------------------------------------------------------------------------
     if bar is not None:
         bar.close()
-    plot_metrics(metrics_path, out / "curves.png")
+    plot_metrics(out / METRICS_FILE, out / CURVES_FILE)
     return TrainResult(initial_accuracy=initial_accuracy, final_accuracy=accuracy, steps=step,
-                       wall_time_s=time.perf_counter() - started, output_dir=out)
+                       wall_time_s=time.perf_counter() - started, output_dir=out, start_step=inputs.resume_step,
+                       signal=stop.signal)
+
+
+def prepare_run_folder(config: TrainConfig, inputs: RunInputs, out: Path) -> Path:
+    """Set up ``out`` for the run and return the weights RL starts from (``run.json``'s base_model).
+
+    A new run replaces what an earlier one wrote there (preflight allowed it: ``overwrite``); a
+    resumed one keeps its rows up to its checkpoint and records the config it continues under.
+    """
+    if not config.resume:
+        clear_run(out)
+        write_run(out, config.to_dict(), base_model=None)
+        return initial_model(config, inputs.train_set, out)
+    base = saved_run(out)["base_model"]
+    if keep_metrics_until(out, inputs.resume_step if inputs.resume_step else -1):
+        print(f"asymgrpo: dropped the torn last line of {out / METRICS_FILE} (the run was killed while writing it)")
+    write_run(out, config.to_dict(), base)
+    where = f"from {list_checkpoints(out)[-1]}" if inputs.resume_step else "from its start (no step checkpoint yet)"
+    print(f"asymgrpo: resuming {out} at step {inputs.resume_step} of {config.steps}, {where}")
+    return Path(base) if base is not None and Path(base).exists() else initial_model(config, inputs.train_set, out)
+
+
+def finished_result(out: Path, step: int, started: float) -> TrainResult:
+    """The result of a run that has already checkpointed its last step: its first and last accuracies."""
+    first, last = accuracies(read_metrics(out)[0])
+    return TrainResult(initial_accuracy=first, final_accuracy=last, steps=step,
+                       wall_time_s=time.perf_counter() - started, output_dir=out, start_step=step, signal=None)
+
+
+def accuracies(rows: list[dict]) -> tuple[float | None, float | None]:
+    """(first, last) held-out accuracy in metrics rows."""
+    values = [row["accuracy"] for row in rows if row.get("accuracy") is not None]
+    return (values[0], values[-1]) if values else (None, None)
+
+
+@contextmanager
+def stopped_at(step: int, phase: str):
+    """Name the step (and its phase) in a RewardFailure, with the way to continue."""
+    try:
+        yield
+    except RewardFailure as error:
+        raise RewardFailure(f"stopped at step {step} ({phase}): {error}. Fix the reward, then continue with "
+                            f"--resume (or pass --allow-reward-failures to go on regardless)") from None
 
 
 def rollout(engine: RolloutEngine, prompts: Prompts, tokenizer, step: int, config: TrainConfig,
@@ -189,11 +256,11 @@ def score(model, ref_model, loss_fn: AsymGRPOLoss, reward: SafeReward, samples: 
           config: TrainConfig, compute_dtype: torch.dtype) -> Scores:
     """Rewards and group advantages of the samples; the policy's (and reference's) log-probs of them, before the update."""
     batch = samples.batch
-    reward.stats.reset()
     scored = reward.score([prompts.texts[i] for i in samples.prompts], samples.completions,
-                          [prompts.answers[i] for i in samples.prompts])
+                          [prompts.answers[i] for i in samples.prompts],
+                          require_success=not config.allow_reward_failures)
     # on the batch's device: the loss's backend (e.g. triton) computes the advantages too
-    rewards = torch.tensor(scored, dtype=torch.float32, device=batch.mask.device)
+    rewards = torch.tensor(scored.values, dtype=torch.float32, device=batch.mask.device)
     advantages = loss_fn.advantages(rewards, group_size=config.group_size)
     # the ratio's denominator is the trainer's own log-prob, not vLLM's: the two differ by the
     # engines' numerics (the mismatch), which the TIS weights (tis_cap) correct and the clip should not see
@@ -204,9 +271,9 @@ def score(model, ref_model, loss_fn: AsymGRPOLoss, reward: SafeReward, samples: 
     is_weights = None
     if config.tis_cap is not None:
         is_weights = torch.exp(old_logprobs - batch.vllm_logprobs).clamp(max=config.tis_cap) * batch.mask
-    return Scores(rewards=rewards, advantages=advantages, old_logprobs=old_logprobs, entropy=entropy,
-                  ref_logprobs=ref_logprobs, mismatch=(old_logprobs - batch.vllm_logprobs).abs() * batch.mask,
-                  is_weights=is_weights)
+    return Scores(rewards=rewards, reward_stats=scored.stats, advantages=advantages, old_logprobs=old_logprobs,
+                  entropy=entropy, ref_logprobs=ref_logprobs,
+                  mismatch=(old_logprobs - batch.vllm_logprobs).abs() * batch.mask, is_weights=is_weights)
 
 
 def update(model, optimizer, loss_fn: AsymGRPOLoss, batch: PackedBatch, scores: Scores, config: TrainConfig,
@@ -232,13 +299,12 @@ def update(model, optimizer, loss_fn: AsymGRPOLoss, batch: PackedBatch, scores: 
 
 
 def log_step(step: int, samples: Rollout, scores: Scores, losses: dict[str, float], *, step_time: float,
-             accuracy: float | None, evaluated: bool, reward_stats: RewardStats, optimizer, model, tokenizer, bar,
+             accuracy: float | None, eval_stats: RewardStats | None, optimizer, model, tokenizer, bar,
              config: TrainConfig) -> None:
     """Append the step's metrics.jsonl row, advance the progress bar, save a checkpoint when one is due.
 
-    accuracy: the latest held-out accuracy (the bar's); the row has it only if ``evaluated`` this
-    step. reward_stats: the failed reward calls since ``score`` reset them, so on an evaluated
-    step they include the held-out evaluation's.
+    accuracy: the latest held-out accuracy (the bar's). eval_stats: the failed reward calls of
+    this step's held-out evaluation, None when there was none (then the row's accuracy is None).
     """
     batch, rewards = samples.batch, scores.rewards
     tokens = float(batch.mask.sum())
@@ -247,7 +313,7 @@ def log_step(step: int, samples: Rollout, scores: Scores, losses: dict[str, floa
         "step": step,
         "reward": rewards.mean().item(),
         "train_accuracy": (rewards == 1).float().mean().item(),
-        "accuracy": accuracy if evaluated else None,
+        "accuracy": accuracy if eval_stats is not None else None,
         **losses,
         "entropy": scores.entropy.sum().item() / tokens,  # of the sampled batch, before the updates
         "logprob_mismatch": scores.mismatch.sum().item() / tokens,
@@ -255,16 +321,15 @@ def log_step(step: int, samples: Rollout, scores: Scores, losses: dict[str, floa
         "groups_all_wrong": (grouped.max(dim=1).values < 1).float().mean().item(),
         "groups_all_right": (grouped.min(dim=1).values == 1).float().mean().item(),
         "completion_tokens": tokens / len(batch),
-        "reward_errors": reward_stats.errors,
-        "reward_timeouts": reward_stats.timeouts,
-        "reward_non_finite": reward_stats.non_finite,
+        **reward_counts(scores.reward_stats),
+        **(reward_counts(eval_stats, "eval_") if eval_stats is not None else {}),
         "lr": optimizer.param_groups[0]["lr"],
         "rollout_time": samples.time_s,
         "step_time": step_time,
         "tokens_per_s": tokens / step_time,
     }
     out = Path(config.output_dir)
-    append_metrics(out / "metrics.jsonl", row)
+    append_metrics(out, row)
     if bar is not None:
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.3f}", acc="-" if accuracy is None else f"{accuracy:.3f}",
@@ -344,12 +409,19 @@ def merge_metrics(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 
 
 def held_out_accuracy(engine: RolloutEngine, tokenizer, eval_set: list[Example], reward: SafeReward,
-                      config: TrainConfig) -> float | None:
-    """Greedy accuracy on the first ``eval_size`` held-out examples; None without held-out data."""
+                      config: TrainConfig) -> tuple[float | None, RewardStats]:
+    """Greedy accuracy on the first ``eval_size`` held-out examples (None without held-out data), and
+    the evaluation's failed reward calls."""
     if not eval_set:
-        return None
-    return evaluate(engine, tokenizer, eval_set[: config.eval_size], reward, prompt_template=config.prompt_template,
-                    max_new_tokens=config.max_new_tokens).accuracy
+        return None, RewardStats()
+    result = evaluate(engine, tokenizer, eval_set[: config.eval_size], reward, prompt_template=config.prompt_template,
+                      max_new_tokens=config.max_new_tokens, require_success=not config.allow_reward_failures)
+    return result.accuracy, result.reward_stats
+
+
+def reward_counts(stats: RewardStats, prefix: str = "") -> dict[str, int]:
+    """metrics.jsonl's failure counts: ``{prefix}reward_errors``, ``_timeouts`` and ``_non_finite``."""
+    return {f"{prefix}reward_{kind}": getattr(stats, kind) for kind in ("errors", "timeouts", "non_finite")}
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -359,41 +431,20 @@ def due(step: int, every: int, last: int) -> bool:
 
 # --- setup helpers ---------------------------------------------------------------------
 
-def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
-    """(train, held-out) examples."""
-    if config.dataset == EMBEDDED:
-        return arithmetic_splits(seed=config.seed, test_size=config.embedded_test_size,
-                                 max_operand=config.embedded_max_operand)
-    fields = {"prompt_field": config.prompt_field, "answer_field": config.answer_field}
-    train_set = load_examples(config.dataset, split=config.train_split, **fields)
-    eval_set = load_examples(config.eval_dataset, split=config.eval_split, **fields) if config.eval_dataset else []
-    return train_set, eval_set
-
-
-def reward_name(config: TrainConfig) -> str:
-    if config.reward != "auto":
-        return config.reward
-    return "exact" if config.dataset == EMBEDDED else "math"
-
-
-def start_fresh(out: Path) -> None:
-    """A new run in ``out``: drop an earlier run's metrics and checkpoints there."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-
-
 def initial_model(config: TrainConfig, train_set: list[Example], out: Path) -> Path:
-    """The weights RL starts from: the embedded warm-up checkpoint (built now) or ``config.model``."""
+    """The weights RL starts from: the embedded warm-up checkpoint (built now) or ``config.model``; recorded in run.json."""
     if config.model == EMBEDDED:
         from .demo.warmup import build_embedded_checkpoint
 
-        base = build_embedded_checkpoint(checkpoint_dir(out) / "warmup", train_set, steps=config.warmup_steps,
-                                         lr=config.warmup_lr, batch_size=config.warmup_batch_size,
-                                         seed=config.seed).resolve()
+        folder = checkpoint_dir(out) / "warmup"
+        tmp = folder.with_name(".tmp_warmup")
+        shutil.rmtree(tmp, ignore_errors=True)  # what an interrupted warm-up left
+        build_embedded_checkpoint(tmp, train_set, steps=config.warmup_steps, lr=config.warmup_lr,
+                                  batch_size=config.warmup_batch_size, seed=config.seed)
+        base = publish_dir(tmp, folder).resolve()
     else:
         base = Path(config.model).resolve() if Path(config.model).exists() else config.model
-    (out / "run.json").write_text(json.dumps({"base_model": str(base), "config": config.to_dict()}, indent=1))
+    write_run(out, config.to_dict(), base_model=str(base))
     return base
 
 
@@ -450,27 +501,6 @@ def sampling_seeds(seed: int, step: int, num_prompts: int, group_size: int) -> l
     """One vLLM seed per prompt; vLLM gives the group's samples seed, seed + 1, ..., seed + G - 1."""
     base = (seed * 1_000_003 + step * 65_537) % (2**31 - num_prompts * group_size)
     return [base + i * group_size for i in range(num_prompts)]
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep only rows up to ``step`` (a resumed run rewrites what came after its checkpoint)."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in rows))
-
-
-def read_initial_accuracy(path: Path) -> float | None:
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if row["step"] == 0:
-            return row["accuracy"]
-    return None
 
 
 def progress_bar(config: TrainConfig, step: int):

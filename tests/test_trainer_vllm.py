@@ -1,11 +1,10 @@
-"""The trainer with a real vLLM engine on the CPU: weight sync, end to end, resume, failing rewards.
+"""The trainer with a real vLLM engine on the CPU: weight sync, end to end, resume, overwrite, failing rewards.
 
 One engine serves the whole module (starting one takes ~30 s); each test pushes its own
 policy's weights into it. The policy is the embedded tiny Qwen2 with a few warm-up steps:
 these tests check plumbing and exactness, not learning.
 """
 
-import itertools
 import json
 import math
 import time
@@ -14,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from asymgrpo.config import TrainConfig
+from asymgrpo.config import ConfigError, TrainConfig
 from asymgrpo.data import arithmetic_splits
 from asymgrpo.demo.warmup import build_embedded_checkpoint
 from asymgrpo.evaluate import evaluate, pass_at_k
-from asymgrpo.rewards import SafeReward, exact_match
+from asymgrpo.rewards import RewardFailure, SafeReward
 from asymgrpo.trainer import TIMING_KEYS, train
+from trainer_rewards import first_digit_reward
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("vllm", reason="vLLM is not installed (the cpu or gpu extra installs it)")
@@ -30,12 +30,7 @@ SYNC_TOLERANCE = 1e-4
 
 SMALL = dict(warmup_steps=30, steps=4, prompts_per_step=8, group_size=4, eval_size=40, eval_every=2,
              checkpoint_every=2, keep_checkpoints=5, progress=False, lr=1e-3, embedded_test_size=200,
-             reward=f"{__name__}:first_digit_reward")
-
-
-def first_digit_reward(prompt: str, completion: str, answer: str) -> float:
-    """Partial credit a barely trained model earns often, so every step has a gradient."""
-    return float(completion[:1] == answer[:1])
+             reward="trainer_rewards:first_digit_reward")  # rewards run in worker processes: a light module
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +59,9 @@ def test_weight_sync_after_an_optimizer_step(engine, base_model):
     """After one optimizer step and a push, vLLM's log-probs of its samples match the trainer's."""
     from asymgrpo.demo.warmup import supervised_warmup
     from asymgrpo.policy import load_policy
-    from transformers import AutoTokenizer
+    from asymgrpo.policy import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = load_tokenizer(str(base_model))
     model = load_policy(str(base_model), dtype=torch.float32, attn_implementation="sdpa", device=torch.device("cpu"))
     engine.load_weights(model.state_dict().items())
     train_set, _ = arithmetic_splits(seed=0, test_size=200)
@@ -104,11 +99,12 @@ def test_end_to_end(engine, tmp_path):
     assert (tmp_path / "checkpoints" / "step_000004" / "model.safetensors").exists()
 
     _, test_set = arithmetic_splits(seed=0, test_size=200)
-    from transformers import AutoTokenizer
+    from asymgrpo.policy import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "checkpoints" / "step_000004")
-    scores = evaluate(engine, tokenizer, test_set[:40], SafeReward(first_digit_reward), prompt_template="{prompt}",
-                      max_new_tokens=6, ks=(1, 4))
+    tokenizer = load_tokenizer(str(tmp_path / "checkpoints" / "step_000004"))
+    with SafeReward(first_digit_reward) as reward:
+        scores = evaluate(engine, tokenizer, test_set[:40], reward, prompt_template="{prompt}", max_new_tokens=6,
+                          ks=(1, 4))
     assert scores.accuracy == pytest.approx(result.final_accuracy)
     assert 0 <= scores.pass_at_k[1] <= scores.pass_at_k[4] <= 1
 
@@ -119,14 +115,21 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def test_resume_matches_an_uninterrupted_run(engine, tmp_path):
-    """Stop after step 2 (as if killed), resume: weights and metrics equal a run that never stopped."""
+def test_resume_matches_an_uninterrupted_run(engine, tmp_path, capsys):
+    """Stop after step 2 (as if killed mid-write of step 3's row), resume: weights and metrics equal a run
+    that never stopped."""
     whole = TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path / "whole")})
     train(whole, engine=engine)
     cut = TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path / "cut")})
     assert train(cut, engine=engine, stop_after=2).steps == 2
     assert not (tmp_path / "cut" / "checkpoints" / "step_000004").exists()
-    train(TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path / "cut"), "resume": True}), engine=engine)
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "reward": 0.2')  # torn: no newline, no closing brace
+    capsys.readouterr()
+    resumed = train(TrainConfig.load(None, {"output_dir": str(tmp_path / "cut"), "resume": True}), engine=engine)
+    assert (resumed.start_step, resumed.steps) == (2, 4)
+    printed = capsys.readouterr().out
+    assert "dropped the torn last line" in printed and "resuming" in printed and "at step 2 of 4" in printed
 
     final = "checkpoints/step_000004"
     a, b = _weights(tmp_path / "whole" / final), _weights(tmp_path / "cut" / final)
@@ -140,30 +143,58 @@ def test_resume_matches_an_uninterrupted_run(engine, tmp_path):
     assert any(not torch.equal(a[n], _weights(tmp_path / "whole" / "checkpoints/step_000002")[n]) for n in a)
 
 
-_calls = itertools.count()
-
-
-def flaky_reward(prompt: str, completion: str, answer: str) -> float:
-    """Raises, returns NaN or hangs on a fixed schedule of calls; otherwise the exact checker."""
-    n = next(_calls)
-    if n % 9 == 1:
-        raise RuntimeError("checker crashed")
-    if n % 9 == 2:
-        return float("nan")
-    if n % 40 == 3:
-        time.sleep(5)
-    return exact_match(prompt, completion, answer)
-
-
-def test_failing_reward_scores_zero_is_counted_and_the_run_goes_on(engine, tmp_path):
+def test_failing_reward_scores_zero_is_counted_apart_and_the_run_goes_on(engine, tmp_path):
+    """Training and evaluation failures are counted apart, the starting evaluation's too."""
     config = TrainConfig.from_dict({**SMALL, "steps": 2, "eval_every": 0, "output_dir": str(tmp_path),
-                                    "reward": f"{__name__}:flaky_reward", "reward_timeout_s": 0.2})
+                                    "reward": "trainer_rewards:flaky_reward", "reward_timeout_s": 0.2})
     result = train(config, engine=engine)
     assert result.steps == 2
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][1:]
-    assert all(r["reward_errors"] > 0 and r["reward_non_finite"] > 0 for r in rows)
-    assert sum(r["reward_timeouts"] for r in rows) >= 1
-    assert all(math.isfinite(r["reward"]) and math.isfinite(r["loss"]) for r in rows)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [rows[0], rows[2]]  # the start and the end (eval_every 0)
+    batch, eval_size = SMALL["prompts_per_step"] * SMALL["group_size"], SMALL["eval_size"]
+    assert all(0 < r["eval_reward_errors"] + r["eval_reward_non_finite"] + r["eval_reward_timeouts"] < eval_size
+               for r in evaluations)
+    assert "eval_reward_errors" not in rows[1]
+    for row in rows[1:]:
+        assert row["reward_errors"] > 0 and row["reward_non_finite"] > 0
+        assert row["reward_errors"] + row["reward_non_finite"] + row["reward_timeouts"] < batch
+        assert math.isfinite(row["reward"]) and math.isfinite(row["loss"])
+
+
+@pytest.mark.parametrize("reward, failure", [("always_raises", "raised RuntimeError: checker crashed"),
+                                             ("always_hangs", "ran past the 0.3 s timeout")])
+def test_a_reward_that_always_fails_stops_the_run_at_once(engine, tmp_path, reward, failure):
+    config = TrainConfig.from_dict({**SMALL, "output_dir": str(tmp_path), "reward": f"trainer_rewards:{reward}",
+                                    "reward_timeout_s": 0.3})
+    started = time.perf_counter()
+    with pytest.raises(RewardFailure, match=f"stopped at step 0 .the starting evaluation.: .*{failure}.*--resume"):
+        train(config, engine=engine)
+    assert time.perf_counter() - started < 30  # fail-fast: not 40 evaluation calls x 0.3 s, one after another
+
+
+def test_allow_reward_failures_goes_on(engine, tmp_path):
+    config = TrainConfig.from_dict({**SMALL, "steps": 1, "output_dir": str(tmp_path), "allow_reward_failures": True,
+                                    "reward": "trainer_rewards:always_raises"})
+    assert train(config, engine=engine).final_accuracy == 0.0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["eval_reward_errors"] == rows[1]["eval_reward_errors"] == SMALL["eval_size"]
+    assert rows[1]["reward_errors"] == SMALL["prompts_per_step"] * SMALL["group_size"]
+
+
+def test_a_second_run_needs_overwrite_and_overwrite_replaces_the_run(engine, tmp_path):
+    config = {**SMALL, "steps": 2, "output_dir": str(tmp_path)}
+    train(TrainConfig.from_dict(config), engine=engine)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run checkpointed at step 2 of 2"):
+        train(TrainConfig.from_dict({**config, "steps": 1}), engine=engine)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    train(TrainConfig.from_dict({**config, "steps": 1, "overwrite": True}), engine=engine)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000001", "warmup"]
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["steps"] == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # overwrite deletes only what a run writes
 
 
 def test_pass_at_k_estimator():

@@ -2,5 +2,6 @@
 
 from .arithmetic import arithmetic_splits
 from .loaders import Example, load_examples
+from .vocabulary import check_tokenizable
 
-__all__ = ["Example", "arithmetic_splits", "load_examples"]
+__all__ = ["Example", "arithmetic_splits", "check_tokenizable", "load_examples"]

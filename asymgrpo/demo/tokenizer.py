@@ -2,7 +2,9 @@
 
 Every character of ``CHARSET`` is one token; ``<pad>`` and ``<eos>`` are the only specials.
 The result is a ``PreTrainedTokenizerFast`` that ``save_pretrained`` writes in the standard
-format, so vLLM and ``AutoTokenizer`` load it from the model folder.
+format. Load it back with ``asymgrpo.policy.load_tokenizer``: beside a Qwen2 config.json,
+transformers 5's ``AutoTokenizer`` rebuilds it as Qwen2's BPE tokenizer, which drops spaces and
+unknown characters.
 """
 
 from __future__ import annotations

@@ -1,18 +1,19 @@
 """Rewards: any callable (prompt, completion, answer) -> float.
 
 Built in: ``exact`` (the embedded task's checker) and ``math`` (math-verify). A user function
-is named by its dotted path, ``package.module:function`` (or ``package.module.function``).
-``SafeReward`` wraps any of them so that a call that raises, hangs or returns a non-finite
-number scores 0 and is counted.
+is named by its dotted path, ``package.module:function`` (or ``package.module.function``), and
+must be defined at module level. ``SafeReward`` runs any of them on a pool of worker processes
+with a per-call timeout: a call that raises, hangs, crashes its worker or returns a non-finite
+number scores 0 and is counted; a batch in which every call fails raises ``RewardFailure``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from .builtin import exact_match, math_verify_reward
-from .safe import RewardStats, SafeReward
+from .safe import RewardBatch, RewardFailure, RewardStats, SafeReward
 
 RewardFn = Callable[[str, str, str], float]
 BUILTIN: dict[str, RewardFn] = {"exact": exact_match, "math": math_verify_reward}
@@ -36,4 +37,7 @@ def resolve_reward(name: str) -> RewardFn:
     return fn
 
 
-__all__ = ["BUILTIN", "RewardFn", "RewardStats", "SafeReward", "exact_match", "math_verify_reward", "resolve_reward"]
+__all__ = [
+    "BUILTIN", "RewardBatch", "RewardFailure", "RewardFn", "RewardStats", "SafeReward", "exact_match",
+    "math_verify_reward", "resolve_reward",
+]
