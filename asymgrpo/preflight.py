@@ -135,7 +135,9 @@ def check_texts(tokenizer, config: TrainConfig, train_set: list[Example], eval_s
 
 def load_reward(config: TrainConfig) -> tuple[Callable[[str, str, str], float], str]:
     """(the reward function, its name); 'auto' is exact on embedded data, math-verify otherwise."""
-    name = config.reward if config.reward != "auto" else "exact" if config.dataset == EMBEDDED else "math"
+    name = config.reward
+    if name == "auto":
+        name = "exact" if config.dataset == EMBEDDED else "math"
     try:
         return resolve_reward(name), name
     except ValueError as error:
