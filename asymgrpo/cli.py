@@ -75,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
 def run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     config = TrainConfig.load(args.config, overrides)
-    check_inputs(config)  # before the trainer's imports (transformers, vLLM); train() checks again, cheaply
+    inputs = check_inputs(config)  # before the trainer's imports (transformers, vLLM)
     _quiet_libraries()
     from .trainer import train
 
     out = Path(config.output_dir)
     resume = f"asymgrpo train --resume --output-dir {shlex.quote(str(out))}"
     try:
-        result = train(config)
+        result = train(config, inputs=inputs)
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops after the step), or one before training
         started = (out / "run.json").is_file()
         print(f"\nasymgrpo: interrupted; continue from the newest checkpoint with: {resume}" if started else

@@ -26,13 +26,15 @@ HUB_TIMEOUT_S = 3.0
 
 @dataclass(frozen=True)
 class RunInputs:
-    """What a checked config resolves to. resume_step: the checkpoint's step (0 for a new run)."""
+    """What a checked config resolves to. resume_step: the checkpoint's step (0 for a new run);
+    texts_checked: whether the data was checked against the model's tokenizer (not yet for a hub model)."""
 
     train_set: list[Example]
     eval_set: list[Example]
     reward_fn: Callable[[str, str, str], float]
     reward_name: str
     resume_step: int
+    texts_checked: bool
 
 
 def check_inputs(config: TrainConfig) -> RunInputs:
@@ -40,10 +42,10 @@ def check_inputs(config: TrainConfig) -> RunInputs:
     check_model(config.model)
     train_set, eval_set = load_data(config)
     reward_fn, name = load_reward(config)
-    check_vocabulary(config, train_set, eval_set)  # may load the tokenizer (transformers): after the light checks
+    texts_checked = check_vocabulary(config, train_set, eval_set)  # may load transformers: after the light checks
     resume_step = check_output_dir(config)
     return RunInputs(train_set=train_set, eval_set=eval_set, reward_fn=reward_fn, reward_name=name,
-                     resume_step=resume_step)
+                     resume_step=resume_step, texts_checked=texts_checked)
 
 
 def check_model(name: str, key: str = "model") -> None:
@@ -99,8 +101,9 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
         raise ConfigError(str(error)) from None
 
 
-def check_vocabulary(config: TrainConfig, train_set: list[Example], eval_set: list[Example]) -> None:
-    """Every prompt and answer can be written with the model's tokenizer (checked where it is local)."""
+def check_vocabulary(config: TrainConfig, train_set: list[Example], eval_set: list[Example]) -> bool:
+    """Every prompt and answer can be written with the model's tokenizer; False when it is not local (a hub
+    model: the trainer checks once it has loaded the tokenizer)."""
     if config.model == EMBEDDED:
         from .demo.tokenizer import build_char_tokenizer
 
@@ -108,8 +111,9 @@ def check_vocabulary(config: TrainConfig, train_set: list[Example], eval_set: li
     elif Path(config.model).expanduser().is_dir():
         tokenizer = load_tokenizer(config.model)
     else:
-        return  # a hub model: checked by the trainer once its tokenizer is loaded
+        return False
     check_texts(tokenizer, config, train_set, eval_set)
+    return True
 
 
 def load_tokenizer(path: str):

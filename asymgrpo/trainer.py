@@ -104,10 +104,12 @@ class Scores:
     is_weights: torch.Tensor | None
 
 
-def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_after: int | None = None) -> TrainResult:
+def train(config: TrainConfig, *, inputs: RunInputs | None = None, engine: RolloutEngine | None = None,
+          stop_after: int | None = None) -> TrainResult:
     """Run (or, with ``config.resume``, continue) training; return the held-out accuracy before and after.
 
-    Every input is checked first (``preflight.check_inputs``: ConfigError, nothing written yet).
+    Every input is checked first (``preflight.check_inputs``: ConfigError, nothing written yet), unless
+    ``inputs`` is what that check returned for this config (the command line checks before importing this module).
     A run whose last step is checkpointed returns at once (``TrainResult.start_step == steps``).
     SIGINT / SIGTERM stop the run after the current step, with a checkpoint (``TrainResult.signal``).
 
@@ -116,7 +118,7 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
     stop_after: return after this step, as if the run were killed there (after its checkpoint, if any).
     """
     started = time.perf_counter()
-    inputs = check_inputs(config)
+    inputs = inputs or check_inputs(config)
     out = Path(config.output_dir)
     step = inputs.resume_step
     if config.resume and step == config.steps:
@@ -131,7 +133,8 @@ def train(config: TrainConfig, *, engine: RolloutEngine | None = None, stop_afte
     resume_from = list_checkpoints(out)[-1] if step else None
     load_path = str(resume_from or base_path)
     tokenizer = load_tokenizer(load_path)
-    check_texts(tokenizer, config, inputs.train_set, inputs.eval_set)
+    if not inputs.texts_checked:
+        check_texts(tokenizer, config, inputs.train_set, inputs.eval_set)
     dtype = resolve_dtype(config.dtype)  # compute dtype; parameters and optimizer state stay float32
     attn = resolve_attn_implementation(config.attn_implementation)
     model = load_policy(load_path, dtype=torch.float32, attn_implementation=attn, device=device,
