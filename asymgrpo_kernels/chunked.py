@@ -10,8 +10,10 @@ already known):
     ds / T = p * (a log p + b) + onehot(y) g_logp / T,  a = -g_H / T,  b = -(g_H H + g_logp) / T
 
 which is docs/algorithm.md §5's ds = g_logp (onehot - p) - g_H p (s - E_p[s]) with
-s - E_p[s] = log p + H. Three entry points share these chunk helpers:
+s - E_p[s] = log p + H. Four entry points share these chunk helpers:
 
+* ``partials`` keeps per scored row the softmax statistics of this vocabulary (``partials.py``),
+  which vocabulary shards merge;
 * ``forward`` keeps per scored row only log p(target), the entropy and the log-sum-exp;
 * ``backward`` recomputes each chunk's logits from them and forms the gradients;
 * ``forward_with_grads`` does both in one pass when the upstream gradients of a chunk are
@@ -33,6 +35,7 @@ from typing import Callable, Iterator
 import torch
 
 from .lm_head import LMHead
+from .partials import PARTIALS
 
 DEFAULT_WORKSPACE_BYTES = 256 * 2**20
 _BUFFERS_PER_ROW = 4  # float32 [rows, V]: shifted logits, exponentials, reduction temporaries
@@ -94,6 +97,7 @@ class _ChunkStats:
         self.shifted, self.log_sum, self.entropy = shifted, log_sum, entropy
         self.exps = torch.exp(shifted)
         self.target = targets[:, None]
+        self.held = None  # which targets lie in [0, V): all of them unless the vocabulary is a shard
 
     @classmethod
     def exact(cls, logits: torch.Tensor, targets: torch.Tensor) -> "_ChunkStats":
@@ -107,8 +111,12 @@ class _ChunkStats:
         return stats
 
     @classmethod
-    def recomputed(cls, logits: torch.Tensor, targets, lse, entropy) -> "_ChunkStats":
-        return cls(logits.sub_(lse[:, None]), torch.zeros_like(lse), entropy, targets)
+    def recomputed(cls, logits: torch.Tensor, targets, lse, entropy, shard: bool = False) -> "_ChunkStats":
+        """``shard``: the vocabulary is a shard, and targets outside [0, V) get no one-hot term."""
+        stats = cls(logits.sub_(lse[:, None]), torch.zeros_like(lse), entropy, targets)
+        if shard:
+            stats.held = (targets >= 0) & (targets < logits.shape[1])
+        return stats
 
     def dlogits(self, grad_logprobs: torch.Tensor, grad_entropy: torch.Tensor, temperature: float) -> torch.Tensor:
         """d loss / d logits [rows, V] float32, written over this chunk's buffers."""
@@ -120,21 +128,31 @@ class _ChunkStats:
         self.shifted.mul_((slope * inv_sum)[:, None]).add_(((offset - slope * self.log_sum) * inv_sum)[:, None])
         grad = self.exps.mul_(self.shifted)
         self.shifted = self.exps = None
-        return grad.scatter_add_(1, self.target, (grad_logprobs * inv_t)[:, None])
+        onehot = grad_logprobs * inv_t
+        if self.held is None:
+            return grad.scatter_add_(1, self.target, onehot[:, None])
+        onehot = torch.where(self.held, onehot, 0.0)
+        return grad.scatter_add_(1, self.target.clamp(0, grad.shape[1] - 1), onehot[:, None])
 
 
 class _GradAccumulator:
     """Gradients of (hidden, weight, bias), filled chunk by chunk from d loss / d logits.
 
-    The hidden gradient is contiguous, shaped like hidden, and zero at every position not scored.
+    The hidden gradient is contiguous, shaped like hidden, and zero at every position not scored;
+    with ``shard``, float32 [n, H] rows of the scored positions instead.
     """
 
-    def __init__(self, projection: _Projection, needs_grad: tuple[bool, bool, bool]):
+    def __init__(self, projection: _Projection, needs_grad: tuple[bool, bool, bool], shard: bool = False):
         need_hidden, need_weight, need_bias = needs_grad
         head = projection.head
         f32 = dict(dtype=torch.float32, device=head.weight.device)
-        self.projection = projection
-        self.grad_hidden = head.zeros_like_hidden() if need_hidden else None  # [N, H]
+        self.projection, self.shard = projection, shard
+        if not need_hidden:
+            self.grad_hidden = None
+        elif shard:  # [n, H] float32
+            self.grad_hidden = torch.zeros(head.n_rows, head.hidden.shape[-1], **f32)
+        else:  # [N, H] in hidden's dtype
+            self.grad_hidden = head.zeros_like_hidden()
         self.grad_weight = torch.zeros(head.weight.shape, **f32) if need_weight else None  # accumulated in float32
         self.grad_bias = torch.zeros(head.weight.shape[0], **f32) if need_bias else None
 
@@ -142,7 +160,10 @@ class _GradAccumulator:
         weight = self.projection.weight
         if self.grad_hidden is not None:  # [rows, V] @ [V, H] in the weight operand's dtype, fp32 accumulation
             grad = torch.mm(dlogits.to(weight.dtype), weight)
-            self.grad_hidden.index_copy_(0, self.projection.head.rows[chunk], grad.to(self.grad_hidden.dtype))
+            if self.shard:
+                self.grad_hidden[chunk] = grad
+            else:
+                self.grad_hidden.index_copy_(0, self.projection.head.rows[chunk], grad.to(self.grad_hidden.dtype))
         if self.grad_weight is not None:
             self.grad_weight.addmm_(dlogits.T, h.float())
         if self.grad_bias is not None:
@@ -151,8 +172,31 @@ class _GradAccumulator:
     def result(self) -> Grads:
         head = self.projection.head
         cast = lambda g: None if g is None else g.to(head.weight.dtype)  # noqa: E731
-        grad_hidden = None if self.grad_hidden is None else self.grad_hidden.view(head.hidden.shape)
+        grad_hidden = self.grad_hidden
+        if grad_hidden is not None and not self.shard:
+            grad_hidden = grad_hidden.view(head.hidden.shape)
         return grad_hidden, cast(self.grad_weight), cast(self.grad_bias)
+
+
+def partials(head: LMHead) -> torch.Tensor:
+    """[4, n] float32 partials (m, S, Zm, s_y; ``asymgrpo_kernels.partials``) of the head's vocabulary.
+
+    Targets outside [0, V) (a vocabulary shard that does not hold them) contribute s_y = 0.
+    """
+    projection = _Projection(head)
+    vocab_size = head.weight.shape[0]
+    held = (head.targets >= 0) & (head.targets < vocab_size)
+    local_targets = head.targets.clamp(0, vocab_size - 1)[:, None]
+    out = torch.empty(PARTIALS, head.n_rows, dtype=torch.float32, device=head.weight.device)
+    for chunk in _chunks(head):
+        logits = projection.logits(projection.hidden(chunk))
+        out[3, chunk] = torch.where(held[chunk], logits.gather(1, local_targets[chunk]).squeeze(1), 0.0)
+        out[0, chunk] = row_max = logits.amax(dim=1)
+        shifted = logits.sub_(row_max[:, None])
+        exps = torch.exp(shifted)
+        out[1, chunk] = exps.sum(dim=1)
+        out[2, chunk] = torch.einsum("nv,nv->n", exps, shifted)
+    return out
 
 
 def forward(head: LMHead) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -172,16 +216,21 @@ def backward(
     lse: torch.Tensor,
     entropy: torch.Tensor,
     needs_grad: tuple[bool, bool, bool],
+    shard: bool = False,
 ) -> Grads:
     """Gradients for (hidden, weight, bias) given float32 [n] upstream gradients of the scored rows.
 
     Returns tensors in the dtype of the matching input, or None where ``needs_grad`` is False.
+    With ``shard`` the head's weight is one vocabulary shard: targets outside [0, V) get no
+    one-hot term, and the hidden gradient is the float32 [n, H] rows of the scored positions, in
+    the order of ``head.rows`` (the partial sum a vocabulary-parallel backward all-reduces).
     """
     projection = _Projection(head)
-    grads = _GradAccumulator(projection, needs_grad)
+    grads = _GradAccumulator(projection, needs_grad, shard)
     for chunk in _chunks(head):
         h = projection.hidden(chunk)
-        stats = _ChunkStats.recomputed(projection.logits(h), head.targets[chunk], lse[chunk], entropy[chunk])
+        stats = _ChunkStats.recomputed(projection.logits(h), head.targets[chunk], lse[chunk], entropy[chunk],
+                                       shard=shard)
         grads.add(chunk, h, stats.dlogits(grad_logprobs[chunk], grad_entropy[chunk], head.temperature))
     return grads.result()
 

@@ -2,8 +2,9 @@
 
 A backend provides the operations of the package:
 
-* ``logprob_entropy(head)``: differentiable float32 (log-probs, entropies) of an ``LMHead``'s
-  scored rows;
+* ``logprob_entropy(head, shard=None)``: differentiable float32 (log-probs, entropies) of an
+  ``LMHead``'s scored rows; with a ``vocab_parallel.VocabShard``, the head's weight is this
+  rank's vocabulary shard and the shards are combined over its process group;
 * ``token_terms``: the per-token loss and its derivatives (``token_terms.token_terms``'s contract);
 * ``group_advantages(rewards, segments, options)``: advantages from rewards sorted into groups;
 * ``single_pass_loss``: whether the fused loss forms its gradients in the forward pass.
@@ -24,10 +25,11 @@ import os
 import torch
 
 from . import chunked
-from .functions import LinearLogprobEntropy
+from .functions import LinearLogprobEntropy, VocabParallelLogprobEntropy
 from .lm_head import LMHead
 from .options import BACKENDS, AdvantageOptions, LossOptions
 from .token_terms import TokenInputs, TokenTerms, token_terms
+from .vocab_parallel import VocabShard
 
 
 def triton_installed() -> bool:
@@ -47,10 +49,12 @@ class TorchBackend:
     single_pass_loss = True
     kernels = chunked
 
-    def logprob_entropy(self, head: LMHead) -> tuple[torch.Tensor, torch.Tensor]:
-        return LinearLogprobEntropy.apply(
+    def logprob_entropy(self, head: LMHead, shard: VocabShard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        function = LinearLogprobEntropy if shard is None else VocabParallelLogprobEntropy
+        extra = () if shard is None else (shard,)
+        return function.apply(
             head.hidden, head.weight, head.bias, head.rows, head.targets, head.temperature, self.kernels,
-            head.workspace_bytes,
+            head.workspace_bytes, *extra,
         )
 
     def token_terms(self, inputs: TokenInputs, options: LossOptions) -> TokenTerms:
@@ -68,7 +72,7 @@ class ReferenceBackend(TorchBackend):
     name = "reference"
     single_pass_loss = False
 
-    def logprob_entropy(self, head: LMHead) -> tuple[torch.Tensor, torch.Tensor]:
+    def logprob_entropy(self, head: LMHead, shard: VocabShard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         from .reference import logprob_entropy_reference
 
         hidden = head.gather(head.rows)

@@ -1,6 +1,7 @@
 """The autograd Functions, all in one place: each runs a backend's passes and saves what backward needs.
 
 * ``LinearLogprobEntropy``: LM head -> log-probs and entropies of the scored rows (kernel core).
+* ``VocabParallelLogprobEntropy``: the same with the vocabulary sharded over a process group.
 * ``PolicyLoss``: log-probs and entropies -> the aggregated AsymGRPO loss (per-token terms).
 * ``SinglePassLoss``: LM head -> the aggregated loss in one pass over the vocabulary (torch path).
 
@@ -17,7 +18,9 @@ from types import ModuleType
 import torch
 
 from .lm_head import LMHead
+from .partials import empty_partials, finish, merge_partials
 from .token_terms import PolicyTokens, TokenTermsFn
+from .vocab_parallel import gather_partials, reduce_hidden_rows
 
 
 def _no_autocast(device: torch.device) -> torch.autocast:
@@ -53,6 +56,56 @@ class LinearLogprobEntropy(torch.autograd.Function):
         with _no_autocast(hidden.device):
             grads = ctx.kernels.backward(head, grad_logprobs.contiguous(), grad_entropy.contiguous(), lse, entropy, needs)
         return (*grads, None, None, None, None, None)
+
+
+class VocabParallelLogprobEntropy(torch.autograd.Function):
+    """(hidden [..., H], weight shard [V_r, H], bias shard [V_r] | None) -> (logprobs [n], entropy [n]).
+
+    The vocabulary-parallel kernel core (``vocab_parallel``): every rank of ``shard.group``
+    calls it with the same hidden, rows and full-vocabulary targets [n]. The forward gathers
+    the shards' partials (collective 2) and merges them; the backward runs the kernels on this
+    shard and all-reduces the hidden-gradient rows (collective 3). Outputs, and the hidden
+    gradient, are the same bits on every rank; weight and bias gradients are this shard's.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, rows, targets, temperature: float, kernels: ModuleType,
+                workspace_bytes: int, shard):
+        head = LMHead(hidden, weight, bias, rows, targets - shard.start, temperature, workspace_bytes)
+        local = kernels.partials(head) if shard.rows else empty_partials(head.n_rows, hidden.device)
+        logprobs, entropy, lse = finish(merge_partials(gather_partials(local, shard)))
+        ctx.save_for_backward(hidden, weight, bias, rows, head.targets, lse, entropy)
+        ctx.temperature, ctx.kernels, ctx.workspace_bytes, ctx.shard = temperature, kernels, workspace_bytes, shard
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy):
+        hidden, weight, bias, rows, local_targets, lse, entropy = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        if not any(needs):
+            return (None,) * 9
+        zeros = torch.zeros_like(lse)
+        grad_logprobs = zeros if grad_logprobs is None else grad_logprobs.float()
+        grad_entropy = zeros if grad_entropy is None else grad_entropy.float()
+        head = LMHead(hidden, weight, bias, rows, local_targets, ctx.temperature, ctx.workspace_bytes)
+        with _no_autocast(hidden.device):
+            if ctx.shard.rows:
+                grad_rows, grad_weight, grad_bias = ctx.kernels.backward(
+                    head, grad_logprobs.contiguous(), grad_entropy.contiguous(), lse, entropy, needs, shard=True)
+            else:  # an empty shard adds nothing, but still takes part in the reduction
+                grad_rows, grad_weight, grad_bias = _empty_shard_grads(head, needs)
+            grad_hidden = None
+            if grad_rows is not None:  # collective 3, then the rows go back to their positions
+                grad_rows = reduce_hidden_rows(grad_rows, ctx.shard).to(hidden.dtype)
+                grad_hidden = head.zeros_like_hidden().index_copy_(0, rows, grad_rows).view(hidden.shape)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _empty_shard_grads(head: LMHead, needs: tuple[bool, bool, bool]):
+    """Zero (hidden rows [n, H] float32, weight [0, H], bias [0]) gradients of a shard with no rows."""
+    rows = torch.zeros(head.n_rows, head.hidden.shape[-1], dtype=torch.float32, device=head.hidden.device)
+    return (rows if needs[0] else None, torch.zeros_like(head.weight) if needs[1] else None,
+            torch.zeros_like(head.bias) if needs[2] else None)
 
 
 class PolicyLoss(torch.autograd.Function):

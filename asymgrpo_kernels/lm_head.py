@@ -70,6 +70,36 @@ def autocast_operands(
     return cast(hidden), cast(weight), cast(bias)
 
 
+def replicated_operands(
+    weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """weight and bias as whole local tensors: a ``DTensor`` (FSDP2's sharded parameter) is gathered.
+
+    The gather is differentiable: its backward reduce-scatters the gradient back onto the
+    DTensor's shards, averaged over its device mesh (``Partial("avg")``), which is how FSDP2
+    reduces the gradients of the parameters it runs itself; so an LM head used outside the
+    model's forward gets the gradient it would have had inside it. Plain tensors pass unchanged.
+    """
+    return _replicated(weight), _replicated(bias)
+
+
+def is_dtensor(tensor) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor``."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _replicated(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    if not is_dtensor(tensor):
+        return tensor
+    from torch.distributed.tensor import Partial
+
+    return tensor.full_tensor(grad_placements=[Partial("avg")] * tensor.device_mesh.ndim)
+
+
 def finite_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     """bias with -inf entries replaced by max(finfo(dtype).min, -1e30) (docs/algorithm.md §6).
 

@@ -9,12 +9,14 @@ and d loss / d H of the per-token loss. On the torch backend, when gradients are
 same math runs in one pass (``functions.SinglePassLoss``): every token's d loss / d logp and
 d loss / d H are known as soon as its log-prob and entropy are, so each chunk's gradients are
 formed while its logits are at hand, and backward only scales them (three LM-head matmuls
-instead of four).
+instead of four). With a ``process_group`` (a vocabulary-parallel LM head, ``vocab_parallel``)
+the kernel core combines the ranks' shards and the loss runs in two passes on every backend:
+the per-token gradients need the whole vocabulary's log-probs first.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -23,10 +25,14 @@ from .advantages import group_advantages
 from .chunked import DEFAULT_WORKSPACE_BYTES
 from .dispatch import get_backend
 from .functions import PolicyLoss, SinglePassLoss
-from .lm_head import autocast_operands, scatter_rows, scored_head
+from .lm_head import autocast_operands, replicated_operands, scatter_rows, scored_head
 from .options import AdvantageOptions, LossKeywords, LossOptions, Unpack
 from .policy_loss import check_entropy_num_items, check_policy_batch, loss_metrics, policy_tokens
 from .validate import ValueChecks, check_call_scalars, check_lm_head, check_num_items, check_targets, check_workspace
+from .vocab_parallel import check_parallel_args, vocab_layout
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class TokenValues(NamedTuple):
@@ -55,6 +61,8 @@ def fused_linear_asymgrpo_loss(
     backend: str = "auto",
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
     return_token_values: bool = False,
+    process_group: ProcessGroup | None = None,
+    vocab_start: int | None = None,
     options: LossOptions | None = None,
     **loss_options: Unpack[LossKeywords],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | tuple[torch.Tensor, dict[str, torch.Tensor], TokenValues]:
@@ -84,6 +92,11 @@ def fused_linear_asymgrpo_loss(
         workspace_bytes: scratch bound of the kernel core's passes.
         return_token_values: also return the per-token log-probs and entropies
             (``TokenValues``), e.g. to log them or to check them against a sampler's.
+        process_group: a vocabulary-parallel LM head, as in ``fused_linear_logprob_entropy``:
+            every rank passes the same arguments except its own weight (and bias) shard, and
+            gets the same loss, metrics and hidden gradient, and its shard's weight gradient.
+        vocab_start: with process_group, the global index of this rank's first vocabulary
+            row (None: derived from the shard sizes).
         options: a ``LossOptions`` (default: ``LossOptions()``).
         **loss_options: its fields as keywords (clip_low, clip_high, dual_clip, kl_coef,
             kl_estimator, entropy_coef, loss_agg, max_len, entropy_agg), replacing those of
@@ -94,15 +107,20 @@ def fused_linear_asymgrpo_loss(
         0-dim float32 loss, differentiable with respect to hidden, weight and bias; metrics as
         in ``asym_policy_loss``, entropy metrics included (``entropy``, ``entropy_pos``,
         ``entropy_neg``). Under ``torch.autocast``, hidden, weight and bias are cast to the
-        autocast dtype (as a linear layer's would be) and all the rest is float32.
+        autocast dtype (as a linear layer's would be) and all the rest is float32. A ``DTensor``
+        weight / bias (FSDP2's sharded parameter) is gathered, its gradient averaged over its
+        mesh as FSDP2 averages.
 
     Raises:
         TypeError: an argument of the wrong kind (named in the message), before any kernel runs.
-        ValueError: an impossible value (named in the message), before any kernel runs.
+        ValueError: an impossible value (named in the message), before any kernel runs; with
+            process_group, on every rank when the ranks' layouts disagree.
     """
     options = LossOptions.build(options, loss_options)
+    check_parallel_args(process_group, vocab_start, backend, weight)
     hidden, weight, bias = autocast_operands(hidden, weight, bias)
-    temperature = check_lm_head(hidden, weight, bias, temperature)
+    weight, bias = replicated_operands(weight, bias)
+    temperature = check_lm_head(hidden, weight, bias, temperature, vocab_shard=process_group is not None)
     if hidden.dim() != 3:
         raise ValueError(f"hidden must have shape [B, T, H], got {list(hidden.shape)}")
     shape, device = tuple(hidden.shape[:2]), hidden.device
@@ -114,9 +132,10 @@ def fused_linear_asymgrpo_loss(
     if not isinstance(return_token_values, bool):
         raise TypeError(f"return_token_values must be a bool, got {type(return_token_values).__name__}")
     chosen = get_backend(backend, device)
+    shard, vocab_size = vocab_layout(process_group, vocab_start, hidden, weight, targets, valid)
     checks = ValueChecks()
     checks.mask(mask)
-    checks.targets(targets, valid, weight.shape[0], "where mask == 1")
+    checks.targets(targets, valid, vocab_size, "where mask == 1")
     checks.num_items(num_items)
     checks.num_items(entropy_num_items, "entropy_num_items")
     (n_scored,) = checks.run(valid.sum())
@@ -128,13 +147,13 @@ def fused_linear_asymgrpo_loss(
             rows=head.rows,
         )
         wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-        if chosen.single_pass_loss and wants_grad:
+        if chosen.single_pass_loss and wants_grad and shard is None:
             loss, logprobs, entropy, ratio, kl, clipped = SinglePassLoss.apply(
                 head.hidden, head.weight, head.bias, head.rows, head.targets, head.temperature, head.workspace_bytes,
                 tokens, chosen.kernels, chosen.token_terms,
             )
         else:
-            logprobs, entropy = chosen.logprob_entropy(head)
+            logprobs, entropy = chosen.logprob_entropy(head, shard)
             loss, ratio, kl, clipped = PolicyLoss.apply(logprobs, entropy, tokens, chosen.token_terms)
         metrics = loss_metrics(tokens, logprobs, ratio, kl, clipped, entropy)
         if not return_token_values:
@@ -161,6 +180,8 @@ class AsymGRPOLoss(nn.Module):
         advantage_options: the ``AdvantageOptions`` of ``advantages``.
         options: the ``LossOptions`` of ``forward``.
         temperature, backend, workspace_bytes: as in ``fused_linear_asymgrpo_loss``.
+        process_group, vocab_start: the vocabulary-parallel layout ``forward`` uses unless it
+            is given its own (as in ``fused_linear_asymgrpo_loss``; None: not parallel).
     """
 
     def __init__(
@@ -170,6 +191,8 @@ class AsymGRPOLoss(nn.Module):
         temperature: float = 1.0,
         backend: str = "auto",
         workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+        process_group: ProcessGroup | None = None,
+        vocab_start: int | None = None,
         options: LossOptions | None = None,
         **overrides,
     ) -> None:
@@ -189,6 +212,7 @@ class AsymGRPOLoss(nn.Module):
         self.options = LossOptions.build(options, {k: v for k, v in overrides.items() if k not in advantage_names})
         self.temperature = check_call_scalars(temperature, backend, workspace_bytes)
         self.backend, self.workspace_bytes = backend, workspace_bytes
+        self.process_group, self.vocab_start = process_group, vocab_start
 
     def advantages(
         self, rewards: torch.Tensor, group_ids: torch.Tensor | None = None, *, group_size: int | None = None
@@ -217,14 +241,20 @@ class AsymGRPOLoss(nn.Module):
         num_items: float | torch.Tensor | None = None,
         entropy_num_items: float | torch.Tensor | None = None,
         return_token_values: bool = False,
+        process_group: ProcessGroup | None = None,
+        vocab_start: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | tuple[torch.Tensor, dict[str, torch.Tensor], TokenValues]:
         """(loss, metrics) of ``fused_linear_asymgrpo_loss`` with this module's options
-        ((loss, metrics, TokenValues) with ``return_token_values``)."""
+        ((loss, metrics, TokenValues) with ``return_token_values``). ``process_group`` and
+        ``vocab_start`` replace the module's when ``process_group`` is given."""
+        if process_group is None:
+            process_group, vocab_start = self.process_group, (self.vocab_start if vocab_start is None else vocab_start)
         return fused_linear_asymgrpo_loss(
             hidden, weight, targets, mask, advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
             bias=bias, is_weights=is_weights, num_items=num_items, entropy_num_items=entropy_num_items,
             temperature=self.temperature, backend=self.backend, workspace_bytes=self.workspace_bytes,
-            return_token_values=return_token_values, options=self.options,
+            return_token_values=return_token_values, process_group=process_group, vocab_start=vocab_start,
+            options=self.options,
         )
 
     def extra_repr(self) -> str:

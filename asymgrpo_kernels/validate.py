@@ -56,8 +56,11 @@ def check_call_scalars(temperature, backend, workspace_bytes) -> float:
     return positive(temperature, "temperature")
 
 
-def check_lm_head(hidden, weight, bias, temperature) -> float:
-    """hidden [..., H] and weight [V, H] of one float dtype, bias [V] or None; returns the temperature."""
+def check_lm_head(hidden, weight, bias, temperature, vocab_shard: bool = False) -> float:
+    """hidden [..., H] and weight [V, H] of one float dtype, bias [V] or None; returns the temperature.
+
+    ``vocab_shard``: weight is one rank's vocabulary shard, which may be empty (V = 0).
+    """
     check_tensor(hidden, "hidden")
     check_tensor(weight, "weight")
     for name, tensor in (("hidden", hidden), ("weight", weight)):
@@ -71,7 +74,7 @@ def check_lm_head(hidden, weight, bias, temperature) -> float:
         raise ValueError(
             f"weight must have shape [V, H] with H = hidden.shape[-1] = {hidden.shape[-1]}, got {tuple(weight.shape)}"
         )
-    if weight.shape[0] == 0 or weight.shape[1] == 0:
+    if (weight.shape[0] == 0 and not vocab_shard) or weight.shape[1] == 0:
         raise ValueError(f"weight must have V > 0 and H > 0, got {tuple(weight.shape)}")
     if bias is not None:
         check_tensor(bias, "bias")

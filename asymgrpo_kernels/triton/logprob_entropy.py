@@ -28,9 +28,10 @@ import torch
 import triton
 
 from ..lm_head import LMHead
+from ..partials import PARTIALS, empty_partials, finish, merge_partials
 from .configs import INTERPRET, INTERPRETER_PROGRAMS, MIN_FORWARD_BLOCK_N, PROGRAMS_PER_SM, VOCAB_ALIGN
 from .logprob_entropy_bwd import launch_backward
-from .logprob_entropy_fwd import PARTIALS, combine_partials, launch_forward
+from .logprob_entropy_fwd import launch_forward
 
 _MAX_SPLITS = 65_535  # grid axis 1 limit
 _FORWARD_PLANES_PER_SPLIT = 2 * PARTIALS  # partials + the temporaries of their merge, float32 [N] each
@@ -57,14 +58,21 @@ def weight_chunk_rows(vocab_size: int, hidden_size: int, workspace_bytes: int) -
     return min(vocab_size, max(VOCAB_ALIGN, rows))
 
 
-def forward(head: LMHead) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logprobs, entropy, lse) of the scored rows, each float32 [n]."""
+def partials(head: LMHead) -> torch.Tensor:
+    """[4, n] float32 partials (``asymgrpo_kernels.partials``) of the head's vocabulary rows.
+
+    Targets outside [0, V) (a vocabulary shard that does not hold them) contribute s_y = 0.
+    """
     if head.n_rows == 0:
-        empty = torch.empty(0, dtype=torch.float32, device=head.weight.device)
-        return empty, empty.clone(), empty.clone()
+        return empty_partials(0, head.weight.device)
     span = forward_split_span(head.n_rows, head.weight.shape[0], head.workspace_bytes, head.weight.device)
     head = head._replace(bias=head.bias.contiguous() if head.bias is not None else None)
-    return combine_partials(launch_forward(head, head.row_offsets(), span))
+    return merge_partials(launch_forward(head, head.row_offsets(), span))
+
+
+def forward(head: LMHead) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logprobs, entropy, lse) of the scored rows, each float32 [n]."""
+    return finish(partials(head))
 
 
 def backward(
@@ -74,16 +82,21 @@ def backward(
     lse: torch.Tensor,
     entropy: torch.Tensor,
     needs_grad: tuple[bool, bool, bool],
+    shard: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients for (hidden, weight, bias) given float32 [n] upstream gradients of the scored rows.
 
     Returns contiguous tensors in the dtype of the matching input (the hidden gradient shaped
-    like hidden, zero at positions not scored), or None where ``needs_grad`` is False.
+    like hidden, zero at positions not scored), or None where ``needs_grad`` is False. With
+    ``shard`` (the weight is one vocabulary shard) the hidden gradient is instead the float32
+    [n, H] rows of the scored positions, in the order of ``head.rows`` (the partial sum a
+    vocabulary-parallel backward all-reduces). Targets outside [0, V) never get a one-hot term.
     """
     need_hidden, need_weight, need_bias = needs_grad
     vocab_size, hidden_size = head.weight.shape
     f32 = dict(dtype=torch.float32, device=head.weight.device)
-    grad_hidden = torch.zeros(head.n_positions, hidden_size, **f32) if need_hidden else None
+    hidden_grad_rows = head.n_rows if shard else head.n_positions
+    grad_hidden = torch.zeros(hidden_grad_rows, hidden_size, **f32) if need_hidden else None
     grad_bias = torch.zeros(vocab_size, **f32) if need_bias else None
     grad_weight = None
     chunk = vocab_size
@@ -98,6 +111,8 @@ def backward(
     if head.n_rows > 0:
         head = head._replace(bias=head.bias.contiguous() if head.bias is not None else None)
         h_offsets = head.row_offsets()
+        if shard:  # the kernel adds row i's gradient at position i of the [n, H] buffer
+            head = head._replace(rows=torch.arange(head.n_rows, device=head.rows.device))
         per_row = [t.contiguous() for t in (grad_logprobs, grad_entropy, lse, entropy)]
         for start in range(0, vocab_size, chunk):
             vocab = slice(start, min(start + chunk, vocab_size))
@@ -114,7 +129,7 @@ def backward(
     elif weight_acc is not None:
         grad_weight.zero_()
 
-    if grad_hidden is not None:
+    if grad_hidden is not None and not shard:
         grad_hidden = grad_hidden.to(head.hidden.dtype).view(head.hidden.shape)
     if grad_bias is not None:
         grad_bias = grad_bias.to(head.weight.dtype)

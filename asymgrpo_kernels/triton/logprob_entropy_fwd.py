@@ -13,7 +13,7 @@ storing it. Per row it keeps
 Zm is taken relative to m rather than Z = sum exp(s - m) * s: then the entropy comes out as
 log S - Zm / S without subtracting two numbers of the size of the logits (lse - E_p[s]),
 which loses everything in float32 when |s| ~ 1e3. The [4, splits, N] partials are merged
-in torch (O(N * splits)) by ``combine_partials``.
+in torch (O(N * splits)) by ``partials.merge_partials``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ import triton
 import triton.language as tl
 
 from ..lm_head import LMHead
+from ..partials import PARTIALS
 from .configs import FORWARD_CONFIGS, FORWARD_KEY, dot_options
 from .tiles import block_offsets, range_offsets, tempered_logits_tile
-
-#: Per-split float32 partials kept for every token: m, S, Zm, s_y.
-PARTIALS = 4
-
 
 @triton.autotune(configs=FORWARD_CONFIGS, key=FORWARD_KEY)
 @triton.jit
@@ -101,22 +98,3 @@ def launch_forward(head: LMHead, h_offsets: torch.Tensor, split_span: int) -> to
         HAS_BIAS=head.bias is not None, **dot_options(head.hidden.dtype),
     )
     return partials
-
-
-def combine_partials(partials: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge [4, splits, N] partials into (logprobs, entropy, lse), each float32 [N].
-
-    Every split holds at least one vocabulary entry, so each m is finite and the rescaling
-    factors exp(m - M) are well defined.
-    """
-    m, sum_exp, shifted_sum, target_logit = partials.unbind(0)
-    m_max = m.amax(dim=0)
-    delta = m - m_max  # <= 0
-    scale = delta.exp()
-    total = (sum_exp * scale).sum(dim=0)
-    shifted_total = (scale * (shifted_sum + sum_exp * delta)).sum(dim=0)  # sum_v e^(s_v - M) (s_v - M)
-    log_total = total.log()
-    lse = m_max + log_total
-    entropy = log_total - shifted_total / total
-    logprobs = target_logit.sum(dim=0) - lse
-    return logprobs, entropy, lse

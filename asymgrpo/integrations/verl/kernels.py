@@ -10,8 +10,9 @@ input and weight to one of two functions, looked up in their modules at call tim
 ``FusedLinearForPPO`` below, which return what verl's do (shapes and dtypes) from our kernel;
 ``use_asymgrpo_fused_kernels(False)`` puts verl's back. Setting the environment variable
 ``ASYMGRPO_VERL_FUSED_KERNELS=1`` does the same at plugin import, so every process that imports
-verl (the Ray workers too) switches. Vocabulary-parallel calls (a ``dist_process_group``, as
-Megatron's tensor parallelism makes) are not supported.
+verl (the Ray workers too) switches. A vocabulary-parallel call (a ``dist_process_group``, as Megatron's tensor
+parallelism makes: each rank its rows of the weight, the same hidden states and labels) runs
+the kernels' vocabulary-parallel path.
 """
 
 from __future__ import annotations
@@ -51,18 +52,17 @@ def linear_cross_entropy(
         labels: integer target ids, ``hidden.shape[:-1].numel()`` of them (any shape).
         temperature: a Python number > 0.
         reduction: must be "none" (verl's fused forward uses nothing else).
-        dist_process_group: must be None (vocabulary-parallel LM heads are not supported).
+        dist_process_group: a vocabulary-parallel LM head: ``weight`` is this rank's contiguous
+            rows [V_r, H], shards in rank order (``fused_linear_logprob_entropy``'s
+            ``process_group``); every rank gets the same log-probs and entropy.
 
     Returns:
         (logprobs, entropy): flattened [N] float32 tensors, N = number of labels, as verl's
         function returns them; differentiable with respect to hidden and weight.
 
     Raises:
-        NotImplementedError: dist_process_group is not None.
         ValueError / TypeError: a bad reduction, temperature or labels shape (named).
     """
-    if dist_process_group is not None:
-        raise NotImplementedError("dist_process_group: vocabulary-parallel LM heads are not supported by asymgrpo")
     if reduction != "none":
         raise ValueError(f"reduction must be 'none' (per-token log-probs and entropy), got {reduction!r}")
     if labels.numel() != hidden.shape[:-1].numel():
@@ -70,7 +70,8 @@ def linear_cross_entropy(
             f"labels must hold one target per row of hidden {list(hidden.shape)}, got {list(labels.shape)}"
         )
     logprobs, entropy = fused_linear_logprob_entropy(
-        hidden, weight, labels.reshape(hidden.shape[:-1]), temperature=_temperature(temperature)
+        hidden, weight, labels.reshape(hidden.shape[:-1]), temperature=_temperature(temperature),
+        process_group=dist_process_group,
     )
     return logprobs.reshape(-1), entropy.reshape(-1)
 
