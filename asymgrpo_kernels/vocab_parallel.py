@@ -13,7 +13,9 @@ sizes (zero included). Per call, on the ranks of ``process_group`` only:
 
 The collectives and their sizes depend on n, H and P only, never on the local shard size, so
 ranks whose shards (and hence chunking) differ still issue the same sequence. Bad layouts raise
-the same ``ValueError`` on every rank after collective 1, never a hang. Set
+the same ``ValueError`` on every rank after collective 1, never a hang. (Checks of one rank's own
+arguments, a wrong dtype say, raise before it, on that rank only; its peers then wait in
+collective 1 until the process group's timeout, as with any collective a rank leaves.) Set
 ``ASYMGRPO_CHECK_REPLICAS=1`` to also compare a float64 checksum of hidden across ranks (one
 extra read of hidden per call). Formulas and volumes: docs/scaling.md.
 """
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 #: Set to "1" to compare a checksum of the hidden states across ranks in every call.
 CHECK_REPLICAS_ENV = "ASYMGRPO_CHECK_REPLICAS"
 _NO_START = -1
-_START, _ROWS, _HIDDEN, _POSITIONS, _SCORED, _TARGETS, _CHECKSUM, _DTYPE = range(8)
+_START, _ROWS, _HIDDEN, _POSITIONS, _DTYPE, _SCORED, _TARGETS, _CHECKSUM = range(8)  # the layout columns
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -75,7 +77,6 @@ def check_parallel_args(process_group, vocab_start, backend: str, weight: torch.
                         "(weight.to_local() of a DTensor); a DTensor weight without process_group is gathered whole")
 
 
-
 def vocab_layout(process_group, vocab_start: int | None, hidden: torch.Tensor, weight: torch.Tensor,
                  targets: torch.Tensor, scored: torch.Tensor) -> tuple[VocabShard | None, int]:
     """(this rank's shard or None, the full vocabulary size V) of a call's LM head."""
@@ -98,19 +99,15 @@ def resolve_shard(process_group, vocab_start: int | None, hidden: torch.Tensor, 
     import torch.distributed as dist
 
     rank, world_size = dist.get_rank(process_group), dist.get_world_size(process_group)
+    if rank < 0:
+        raise ValueError("process_group must contain this process (its rank in the group is -1)")
+    start = _NO_START if vocab_start is None else vocab_start
+    known = [start, weight.shape[0], hidden.shape[-1], targets.numel(), _DTYPE_CODES[hidden.dtype]]
     checksum = torch.zeros((), dtype=torch.int64, device=hidden.device)
     if os.environ.get(CHECK_REPLICAS_ENV) == "1":
         checksum = hidden.detach().sum(dtype=torch.float64).view(torch.int64)
-    layout = torch.stack([
-        torch.tensor(_NO_START if vocab_start is None else vocab_start, device=hidden.device),
-        torch.tensor(weight.shape[0], device=hidden.device),
-        torch.tensor(hidden.shape[-1], device=hidden.device),
-        torch.tensor(targets.numel(), device=hidden.device),
-        scored.sum(),
-        torch.where(scored, targets.long(), 0).sum(),
-        checksum,
-        torch.tensor(_DTYPE_CODES[hidden.dtype], device=hidden.device),
-    ]).to(torch.int64)
+    counted = torch.stack([scored.sum(), torch.where(scored, targets.long(), 0).sum(), checksum.long()])
+    layout = torch.cat([torch.tensor(known, dtype=torch.int64, device=hidden.device), counted])
     gathered = all_gather(layout, process_group).view(world_size, layout.numel()).tolist()
     starts = _check_layout(gathered)
     return VocabShard(process_group, rank, world_size, starts[rank], weight.shape[0],
