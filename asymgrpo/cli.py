@@ -4,6 +4,10 @@ Every key of ``TrainConfig`` is an option of ``train`` (``--group-size 8`` or ``
 the YAML file's keys are the same names. The config and every input are checked before anything
 heavy loads; a user error ends as one line on stderr and exit code 2, Ctrl-C as a line saying how
 to continue (``--resume``).
+
+Under ``torchrun --nproc-per-node N`` every process runs ``train``; only rank 0 prints (a reward
+failure is printed by the rank it happened on). Every rank checks the config and inputs before
+the process group starts, so a user error ends every rank with exit code 2 and none waits.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import typing
 from pathlib import Path
 
 from .config import EMBEDDED, ConfigError, TrainConfig, config_fields
+from .distributed import env_ranks
 from .preflight import check_inputs, check_model, check_texts, load_data, load_reward, load_tokenizer
 from .rewards import RewardFailure, SafeReward
 
@@ -60,15 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command; return its exit code: 0 done, 2 a user error (one line on stderr), 128 + N stopped by signal N."""
     _import_from_current_folder()
     args = build_parser().parse_args(argv)
+    ranks = env_ranks()
     try:
         if args.command == "train":
             return run_train(args)
         return run_eval(args)
-    except (ConfigError, RewardFailure) as error:
-        print(f"asymgrpo: {error}", file=sys.stderr)
+    except ConfigError as error:  # every rank finds the same one: rank 0 says it
+        if ranks.is_main:
+            print(f"asymgrpo: {error}", file=sys.stderr)
+        return 2
+    except RewardFailure as error:  # found by the rank whose batch failed
+        where = f" (rank {ranks.rank})" if ranks.distributed else ""
+        print(f"asymgrpo{where}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # training handles its own (run_train); this is eval, or a Ctrl-C while starting
-        print("\nasymgrpo: interrupted", file=sys.stderr)
+        if ranks.is_main:
+            print("\nasymgrpo: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
 
 
@@ -80,14 +92,19 @@ def run_train(args: argparse.Namespace) -> int:
     from .trainer import train
 
     out = Path(config.output_dir)
-    resume = f"asymgrpo train --resume --output-dir {shlex.quote(str(out))}"
+    ranks = env_ranks()
+    launch = f"torchrun --nproc-per-node {ranks.world_size} -m asymgrpo" if ranks.distributed else "asymgrpo"
+    resume = f"{launch} train --resume --output-dir {shlex.quote(str(out))}"
     try:
         result = train(config, inputs=inputs)
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops after the step), or one before training
         started = (out / "run.json").is_file()
-        print(f"\nasymgrpo: interrupted; continue from the newest checkpoint with: {resume}" if started else
-              "\nasymgrpo: interrupted before the run started", file=sys.stderr)
+        if ranks.is_main:
+            print(f"\nasymgrpo: interrupted; continue from the newest checkpoint with: {resume}" if started else
+                  "\nasymgrpo: interrupted before the run started", file=sys.stderr)
         return 128 + signal.SIGINT
+    if not ranks.is_main:
+        return 128 + result.signal if result.signal is not None else 0
     accuracy = (f" (held-out greedy accuracy {result.initial_accuracy:.3f} -> {result.final_accuracy:.3f})"
                 if result.initial_accuracy is not None else "")
     if result.start_step == result.steps:

@@ -206,6 +206,24 @@ class TrainConfig:
             raise ConfigError("resume and overwrite exclude each other: resume continues the run in output_dir, "
                               "overwrite replaces it")
 
+    def check_world_size(self, world_size: int) -> None:
+        """ConfigError unless each optimizer step's prompts split evenly over ``world_size`` trainer processes.
+
+        Every process samples whole groups: ``prompts_per_step / updates_per_step`` prompts per
+        optimizer step must divide by the number of processes.
+        """
+        if world_size <= 1:
+            return
+        if self.prompts_per_step % world_size:
+            raise ConfigError(f"prompts_per_step must be divisible by the world size {world_size} (each process "
+                              f"samples whole groups of its share of the prompts), got {self.prompts_per_step}")
+        per_update = self.prompts_per_step // self.updates_per_step
+        if per_update % world_size:
+            raise ConfigError(f"prompts_per_step / updates_per_step = {per_update} prompts per optimizer step must be "
+                              f"divisible by the world size {world_size} (each process takes whole groups of every "
+                              f"optimizer step), got prompts_per_step {self.prompts_per_step} and updates_per_step "
+                              f"{self.updates_per_step}")
+
     def loss_module(self) -> AsymGRPOLoss:
         """The objective of this config: its advantages (the preset under beta_pos / beta_neg /
         normalize when set) and its loss options, checked by ``AsymGRPOLoss``.

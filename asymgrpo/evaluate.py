@@ -12,13 +12,15 @@ from .rollout import RolloutEngine
 
 @dataclass(frozen=True)
 class EvalResult:
-    """accuracy: share of prompts whose greedy completion scores 1; pass_at_k: {k: unbiased pass@k estimate};
-    reward_stats: the failed reward calls of the evaluation (greedy and sampled ones together)."""
+    """accuracy: share of prompts whose greedy completion scores 1 (num_correct of num_prompts);
+    pass_at_k: {k: unbiased pass@k estimate}; reward_stats: the failed reward calls of the
+    evaluation (greedy and sampled ones together)."""
 
     accuracy: float
     pass_at_k: dict[int, float]
     num_prompts: int
     reward_stats: RewardStats
+    num_correct: int = 0
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -40,7 +42,8 @@ def evaluate(engine: RolloutEngine, tokenizer, examples: list[Example], reward: 
     greedy = engine.greedy(prompt_ids, max_tokens=max_new_tokens)
     decoded = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in greedy]
     scored = reward.score(texts, decoded, [e.answer for e in examples], require_success=require_success)
-    accuracy = sum(s == 1.0 for s in scored.values) / len(examples)
+    num_correct = sum(s == 1.0 for s in scored.values)
+    accuracy = num_correct / len(examples)
     stats = scored.stats
     passes: dict[int, float] = {}
     if ks:
@@ -53,4 +56,5 @@ def evaluate(engine: RolloutEngine, tokenizer, examples: list[Example], reward: 
         correct = [sum(s == 1.0 for s in sampled.values[i * n:(i + 1) * n]) for i in range(len(examples))]
         passes = {k: sum(pass_at_k(n, c, k) for c in correct) / len(examples) for k in sorted(set(ks))}
         stats = stats.merge(sampled.stats)
-    return EvalResult(accuracy=accuracy, pass_at_k=passes, num_prompts=len(examples), reward_stats=stats)
+    return EvalResult(accuracy=accuracy, pass_at_k=passes, num_prompts=len(examples), reward_stats=stats,
+                      num_correct=num_correct)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from asymgrpo_kernels import fused_linear_logprob_entropy
+
+from .distributed import POLICY_CALL
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -84,6 +87,31 @@ def lm_head_weight(model: PreTrainedModel, compute_dtype: torch.dtype | None = N
     return weight if compute_dtype is None else weight.to(compute_dtype)
 
 
+def policy_call(model: PreTrainedModel, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """``fn(model, *args, **kwargs)``: every use of the policy's weights goes through here.
+
+    A sharded policy (``distributed.shard_policy``) has ``POLICY_CALL``, a method registered with
+    FSDP2 as a forward method: its parameters (the root's too: embeddings, LM head) are
+    all-gathered for ``fn`` and their gradients reduce-scattered after the backward. An
+    unsharded policy calls ``fn`` directly.
+    """
+    method = getattr(model, POLICY_CALL, None)
+    return method(fn, *args, **kwargs) if method is not None else fn(model, *args, **kwargs)
+
+
+def fused_loss(model: PreTrainedModel, loss_fn, input_ids: torch.Tensor, *loss_args,
+               compute_dtype: torch.dtype | None = None, **loss_kwargs):
+    """``loss_fn(hidden, lm_head_weight, *loss_args, **loss_kwargs)`` on [B, T] ``input_ids`` (its (loss, metrics)).
+
+    hidden: [B, T, H] from ``last_hidden``; the weight: [V, H] plain (all-gathered when sharded).
+    """
+    def run(model):
+        hidden = last_hidden(model, input_ids, compute_dtype)
+        return loss_fn(hidden, lm_head_weight(model, compute_dtype), *loss_args, **loss_kwargs)
+
+    return policy_call(model, run)
+
+
 def sequence_logprobs(model: PreTrainedModel, input_ids: torch.Tensor, targets: torch.Tensor, *,
                       temperature: float = 1.0, backend: str = "auto",
                       compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +119,9 @@ def sequence_logprobs(model: PreTrainedModel, input_ids: torch.Tensor, targets: 
 
     ``targets`` is [B, T-1] (input_ids shifted left); positions equal to -100 give 0.
     """
-    hidden = last_hidden(model, input_ids[:, :-1], compute_dtype)
-    return fused_linear_logprob_entropy(hidden, lm_head_weight(model, compute_dtype), targets,
-                                        temperature=temperature, backend=backend)
+    def run(model):
+        hidden = last_hidden(model, input_ids[:, :-1], compute_dtype)
+        return fused_linear_logprob_entropy(hidden, lm_head_weight(model, compute_dtype), targets,
+                                            temperature=temperature, backend=backend)
+
+    return policy_call(model, run)

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from .config import EMBEDDED, ConfigError, TrainConfig
 from .data import Example, arithmetic_splits, check_tokenizable, load_examples
+from .distributed import env_ranks
 from .rewards import resolve_reward
 from .run_dir import check_resumable, describe_run, holds_run
 
@@ -37,13 +38,19 @@ class RunInputs:
     texts_checked: bool
 
 
-def check_inputs(config: TrainConfig) -> RunInputs:
-    """Check everything a run reads and the folder it writes; raise ConfigError on the first problem."""
+def check_inputs(config: TrainConfig, world_size: int | None = None) -> RunInputs:
+    """Check everything a run reads and the folder it writes; raise ConfigError on the first problem.
+
+    world_size: trainer processes (default: torchrun's WORLD_SIZE, 1 without it). Every rank runs
+    these checks on its own, before the process group starts, so they fail alike and none waits.
+    """
+    world_size = env_ranks().world_size if world_size is None else world_size
+    config.check_world_size(world_size)
     check_model(config.model)
     train_set, eval_set = load_data(config)
     reward_fn, name = load_reward(config)
     texts_checked = check_vocabulary(config, train_set, eval_set)  # may load transformers: after the light checks
-    resume_step = check_output_dir(config)
+    resume_step = check_output_dir(config, world_size)
     return RunInputs(train_set=train_set, eval_set=eval_set, reward_fn=reward_fn, reward_name=name,
                      resume_step=resume_step, texts_checked=texts_checked)
 
@@ -148,13 +155,13 @@ def load_reward(config: TrainConfig) -> tuple[Callable[[str, str, str], float], 
         raise ConfigError(str(error)) from None
 
 
-def check_output_dir(config: TrainConfig) -> int:
+def check_output_dir(config: TrainConfig, world_size: int = 1) -> int:
     """The run folder allows what the config asks, and is writable; return the step a resume starts from."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {str(out)!r} is a file, not a folder")
     if config.resume:
-        step = check_resumable(out, config.to_dict())
+        step = check_resumable(out, config.to_dict(), world_size)
     elif holds_run(out) and not config.overwrite:
         raise ConfigError(f"output_dir {str(out)!r} already holds {describe_run(out)}: pass --resume to continue "
                           f"it or --overwrite to replace it, or choose another --output-dir")
@@ -162,7 +169,7 @@ def check_output_dir(config: TrainConfig) -> int:
         step = 0
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_probe"
+        probe = out / f".write_probe_{os.getpid()}"  # one per process: torchrun's ranks check at once
         probe.write_text("")
         probe.unlink()
     except OSError as error:

