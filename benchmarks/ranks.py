@@ -35,6 +35,7 @@ def _entry(rank: int, world_size: int, port: int, out: str, worker, args) -> Non
     try:
         result = worker(rank, world_size, *args)
         torch.save(result, Path(out) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears the group down while a peer still has work in flight
     except BaseException:
         (Path(out) / f"rank{rank}.err").write_text(traceback.format_exc())
         raise
@@ -60,5 +61,8 @@ def run_ranks(world_size: int, worker, *args, timeout_s: float = 300) -> list:
                   if (Path(out) / f"rank{r}.err").exists()}
         assert not hung, f"ranks {hung} still running after {timeout_s} s (a hang); errors: {errors}"
         assert not errors, "\n".join(f"rank {r}:\n{text}" for r, text in errors.items())
-        assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+        died = {r: (p.exitcode, "after" if (Path(out) / f"rank{r}.pt").exists() else "before")
+                for r, p in enumerate(procs) if p.exitcode != 0}
+        assert not died, "; ".join(f"rank {r} exited with code {code} {when} saving its result"
+                                   for r, (code, when) in died.items())
         return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
