@@ -14,6 +14,7 @@ Saved tensors go through ``save_for_backward``, so a graph can be differentiated
 from __future__ import annotations
 
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -25,6 +26,31 @@ from .vocab_parallel import gather_partials, reduce_hidden_rows
 
 def _no_autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, enabled=False)
+
+
+class _SavedBackward(NamedTuple):
+    """A kernel backward's arguments, rebuilt from what the forward saved."""
+
+    head: LMHead
+    grad_logprobs: torch.Tensor  # float32 [n], contiguous
+    grad_entropy: torch.Tensor
+    lse: torch.Tensor
+    entropy: torch.Tensor
+    needs: tuple[bool, bool, bool]  # gradients wanted for (hidden, weight, bias)
+
+
+def _saved_backward(ctx, grad_logprobs, grad_entropy) -> _SavedBackward | None:
+    """The kernel backward's arguments from ``ctx.saved_tensors`` (hidden, weight, bias, rows, targets,
+    lse, entropy) and the upstream gradients (None: zero); None when no input wants a gradient."""
+    hidden, weight, bias, rows, targets, lse, entropy = ctx.saved_tensors
+    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+    if not any(needs):
+        return None
+    zeros = torch.zeros_like(lse)
+    grad_logprobs = zeros if grad_logprobs is None else grad_logprobs.float().contiguous()
+    grad_entropy = zeros if grad_entropy is None else grad_entropy.float().contiguous()
+    head = LMHead(hidden, weight, bias, rows, targets, ctx.temperature, ctx.workspace_bytes)
+    return _SavedBackward(head, grad_logprobs, grad_entropy, lse, entropy, needs)
 
 
 class LinearLogprobEntropy(torch.autograd.Function):
@@ -45,16 +71,11 @@ class LinearLogprobEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logprobs, grad_entropy):
-        hidden, weight, bias, rows, targets, lse, entropy = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
-        if not any(needs):
+        saved = _saved_backward(ctx, grad_logprobs, grad_entropy)
+        if saved is None:
             return (None,) * 8
-        zeros = torch.zeros_like(lse)
-        grad_logprobs = zeros if grad_logprobs is None else grad_logprobs.float()
-        grad_entropy = zeros if grad_entropy is None else grad_entropy.float()
-        head = LMHead(hidden, weight, bias, rows, targets, ctx.temperature, ctx.workspace_bytes)
-        with _no_autocast(hidden.device):
-            grads = ctx.kernels.backward(head, grad_logprobs.contiguous(), grad_entropy.contiguous(), lse, entropy, needs)
+        with _no_autocast(saved.head.hidden.device):
+            grads = ctx.kernels.backward(*saved)
         return (*grads, None, None, None, None, None)
 
 
@@ -80,24 +101,19 @@ class VocabParallelLogprobEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logprobs, grad_entropy):
-        hidden, weight, bias, rows, local_targets, lse, entropy = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
-        if not any(needs):
+        saved = _saved_backward(ctx, grad_logprobs, grad_entropy)
+        if saved is None:
             return (None,) * 9
-        zeros = torch.zeros_like(lse)
-        grad_logprobs = zeros if grad_logprobs is None else grad_logprobs.float()
-        grad_entropy = zeros if grad_entropy is None else grad_entropy.float()
-        head = LMHead(hidden, weight, bias, rows, local_targets, ctx.temperature, ctx.workspace_bytes)
-        with _no_autocast(hidden.device):
+        head = saved.head
+        with _no_autocast(head.hidden.device):
             if ctx.shard.rows:
-                grad_rows, grad_weight, grad_bias = ctx.kernels.backward(
-                    head, grad_logprobs.contiguous(), grad_entropy.contiguous(), lse, entropy, needs, shard=True)
+                grad_rows, grad_weight, grad_bias = ctx.kernels.backward(*saved, shard=True)
             else:  # an empty shard adds nothing, but still takes part in the reduction
-                grad_rows, grad_weight, grad_bias = _empty_shard_grads(head, needs)
+                grad_rows, grad_weight, grad_bias = _empty_shard_grads(head, saved.needs)
             grad_hidden = None
             if grad_rows is not None:  # collective 3, then the rows go back to their positions
-                grad_rows = reduce_hidden_rows(grad_rows, ctx.shard).to(hidden.dtype)
-                grad_hidden = head.zeros_like_hidden().index_copy_(0, rows, grad_rows).view(hidden.shape)
+                grad_rows = reduce_hidden_rows(grad_rows, ctx.shard).to(head.hidden.dtype)
+                grad_hidden = head.zeros_like_hidden().index_copy_(0, head.rows, grad_rows).view(head.hidden.shape)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
