@@ -27,10 +27,24 @@ TOL = 2e-5
 SHARDS = {2: ([20, 17], None), 3: ([13, 12, 12], [15, 0, 22])}  # V = 37: 3 ranks cannot split it evenly
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=lambda p: f"{p}-ranks")
+def _spawn(world_size: int):
+    sizes, empty_sizes = SHARDS[world_size]
+    return world_size, sizes, run_ranks(world_size, parallel_cases, sizes, empty_sizes)
+
+
+@pytest.fixture(scope="module")
+def three_ranks():
+    return _spawn(3)
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    return _spawn(2)
+
+
+@pytest.fixture(params=[2, 3], ids=lambda p: f"{p}-ranks")
 def ranks(request):
-    sizes, empty_sizes = SHARDS[request.param]
-    return request.param, sizes, run_ranks(request.param, parallel_cases, sizes, empty_sizes)
+    return request.getfixturevalue("two_ranks" if request.param == 2 else "three_ranks")
 
 
 def reference_logprob(problem):
@@ -74,13 +88,16 @@ def test_logprob_entropy_matches_single_process(ranks, backend, temperature):
                         make_problem(seed=3, temperature=temperature))
 
 
-@pytest.mark.parametrize("case", ["vocab_start", "empty-shard"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_explicit_vocab_start_and_an_empty_shard(ranks, backend, case):
-    world_size, _, results = ranks
-    if case == "empty-shard" and SHARDS[world_size][1] is None:
-        pytest.skip("the empty shard is exercised with 3 ranks")
-    assert_logprob_case([r[f"logprob/{backend}/{case}"] for r in results], make_problem(seed=5))
+def test_explicit_vocab_start(ranks, backend):
+    _, _, results = ranks
+    assert_logprob_case([r[f"logprob/{backend}/vocab_start"] for r in results], make_problem(seed=5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_shard(three_ranks, backend):
+    _, _, results = three_ranks
+    assert_logprob_case([r[f"logprob/{backend}/empty-shard"] for r in results], make_problem(seed=5))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,10 +130,8 @@ def test_module_takes_the_process_group_in_its_constructor(ranks):
     close(results[-1]["dw"], ref_grads[1][results[-1]["rows"]], "weight gradient of the last rank")
 
 
-def test_a_sub_group_uses_only_its_own_ranks(ranks):
-    world_size, _, results = ranks
-    if world_size < 3:
-        pytest.skip("a proper sub-group needs 3 ranks")
+def test_a_sub_group_uses_only_its_own_ranks(three_ranks):
+    _, _, results = three_ranks
     assert "subgroup" not in results[1]
     assert_logprob_case([results[0]["subgroup"], results[2]["subgroup"]], make_problem(seed=7))
 
