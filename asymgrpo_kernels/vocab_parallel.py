@@ -67,9 +67,10 @@ def check_parallel_args(process_group, vocab_start, backend: str, weight: torch.
         raise ValueError("process_group needs torch.distributed initialised (torch.distributed.init_process_group)")
     if not isinstance(process_group, dist.ProcessGroup):
         raise TypeError(f"process_group must be a torch.distributed.ProcessGroup, got {type(process_group).__name__}")
-    if vocab_start is not None and (isinstance(vocab_start, bool) or not isinstance(vocab_start, int)
-                                    or vocab_start < 0):
-        raise ValueError(f"vocab_start must be None or an int >= 0, got {vocab_start!r}")
+    if vocab_start is not None and (isinstance(vocab_start, bool) or not isinstance(vocab_start, int)):
+        raise TypeError(f"vocab_start must be None or an int, got {type(vocab_start).__name__}")
+    if vocab_start is not None and vocab_start < 0:
+        raise ValueError(f"vocab_start must be >= 0, got {vocab_start}")
     if backend == "reference":
         raise ValueError("backend='reference' runs on one process only; with process_group use 'torch' or 'triton'")
     if is_dtensor(weight):
