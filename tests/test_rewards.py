@@ -151,12 +151,14 @@ def test_a_reward_the_worker_cannot_import_raises(monkeypatch):
         reward.score(["p"], ["c"], ["a"])
 
 
-def test_workers_ignore_sigint():
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; torchrun's SIGTERM to the group
+def test_workers_ignore_the_jobs_signals(signum):
     with SafeReward(reward_fns.behave, workers=1) as reward:
         pid = reward.score([""], ["pid"], [""]).values[0]
-        os.kill(int(pid), signal.SIGINT)
+        os.kill(int(pid), signum)
         time.sleep(0.2)
-        assert reward.score([""] * 2, ["pid", "1"], [""] * 2).values == [pid, 1.0]  # the same worker, still alive
+        batch = reward.score([""] * 2, ["pid", "1"], [""] * 2)
+        assert batch.values == [pid, 1.0] and batch.stats.errors == 0  # the same worker, still alive
 
 
 def test_empty_batch_auto_workers_and_close():

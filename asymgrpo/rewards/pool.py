@@ -3,8 +3,10 @@
 Each worker runs one call at a time, sent over its own pipe. A call that runs past the limit,
 or whose worker dies, is charged to that call: the worker is killed and replaced. Workers come
 from the "forkserver" start method where there is one (Linux), else "spawn", never a plain fork
-of the parent; they ignore SIGINT (a Ctrl-C reaches only the parent) and are daemons (they die
-with it).
+of the parent; they ignore SIGINT and SIGTERM, so a signal meant for the whole job (Ctrl-C in a
+terminal, or torchrun's SIGTERM to each rank's process group) reaches only the parent, which
+finishes its step with every reward; they are daemons (they die with it), leave when their pipe
+closes, and are killed when they must stop mid-call.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def _run(fn: Any, args: tuple) -> Outcome:
 def _serve(conn: Connection, fn_bytes: bytes) -> None:
     """A worker's main: load the reward, say so (None, or the error), then answer calls until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         fn = pickle.loads(fn_bytes)
     except BaseException as error:  # noqa: BLE001 -- reported to the parent, which raises
@@ -107,12 +110,13 @@ class _Worker:
         return self.process.exitcode
 
     def stop(self) -> None:
-        self.process.terminate()
+        self.conn.close()  # an idle worker sees its pipe close and returns
+        if self.busy:  # still starting, or mid-call (past its deadline, or abandoned): no waiting for it
+            self.process.kill()
         self.process.join(1.0)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
-        self.conn.close()
 
 
 class WorkerPool:
