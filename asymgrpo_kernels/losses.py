@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .advantages import group_advantages
+from .batch_statistics import batch_statistics
 from .chunked import DEFAULT_WORKSPACE_BYTES
 from .dispatch import get_backend
 from .functions import PolicyLoss, SinglePassLoss
@@ -117,6 +118,9 @@ def fused_linear_asymgrpo_loss(
             process_group, on every rank when the ranks' layouts disagree.
     """
     options = LossOptions.build(options, loss_options)
+    if process_group is not None and options.policy_loss == "clip_cov":
+        raise ValueError("policy_loss='clip_cov' draws its tokens from torch's global CPU generator, which the ranks "
+                         "of a process_group do not share: their losses would differ; use it without process_group")
     check_parallel_args(process_group, vocab_start, backend, weight)
     hidden, weight, bias = autocast_operands(hidden, weight, bias)
     weight, bias = replicated_operands(weight, bias)
@@ -147,15 +151,17 @@ def fused_linear_asymgrpo_loss(
             rows=head.rows,
         )
         wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-        if chosen.single_pass_loss and wants_grad and shard is None:
+        if chosen.single_pass_loss and wants_grad and shard is None and not options.needs_batch_statistics:
+            selection = {}
             loss, logprobs, entropy, ratio, kl, clipped = SinglePassLoss.apply(
                 head.hidden, head.weight, head.bias, head.rows, head.targets, head.temperature, head.workspace_bytes,
                 tokens, chosen.kernels, chosen.token_terms,
             )
         else:
             logprobs, entropy = chosen.logprob_entropy(head, shard)
+            tokens, selection = batch_statistics(tokens, logprobs, entropy)
             loss, ratio, kl, clipped = PolicyLoss.apply(logprobs, entropy, tokens, chosen.token_terms)
-        metrics = loss_metrics(tokens, logprobs, ratio, kl, clipped, entropy)
+        metrics = {**loss_metrics(tokens, logprobs, ratio, kl, clipped, entropy), **selection}
         if not return_token_values:
             return loss, metrics
         values = TokenValues(scatter_rows(logprobs.detach(), head), scatter_rows(entropy.detach(), head))

@@ -34,6 +34,8 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 NORMALIZE_MODES = ("std", "none")
 STD_MODES = ("population", "unbiased")
 NAN_REWARD_POLICIES = ("raise", "exclude")
+#: The policy-gradient surrogates of ``LossOptions.policy_loss`` (docs/algorithm.md §8).
+POLICY_LOSSES = ("ppo", "gspo", "cispo", "clip_cov", "kl_cov")
 #: |log-ratio| and |k3 exponent| limit (docs/algorithm.md §3): exp(20) ~ 4.9e8 keeps float32 finite.
 LOG_RATIO_LIMIT = 20.0
 
@@ -132,6 +134,20 @@ class LossOptions(_Validated):
             policy term's weights (verl's convention); a ``loss_agg`` mode aggregates it on its
             own, over its own count ``entropy_num_items`` ("token-mean": TRL's mean entropy of
             the scored tokens). docs/algorithm.md §3.
+        policy_loss: the policy-gradient surrogate (docs/algorithm.md §8): "ppo" (the clipped
+            ratio above), "gspo" (GSPO's sequence-level ratio), "cispo" (CISPO's clipped,
+            stop-gradient importance weight times log p), "clip_cov" (Clip-Cov: PPO with the
+            gradient of a random clip_cov_ratio share of the tokens whose covariance of
+            log p and advantage lies in (clip_cov_lb, clip_cov_ub) cut) or "kl_cov" (KL-Cov:
+            the unclipped surrogate plus kl_cov_coef * |log r| on the kl_cov_ratio share of
+            tokens of largest covariance).
+        top_entropy_quantile: in (0, 1]; below 1, only the policy term of the tokens whose
+            entropy is at or above the batch's (1 - top_entropy_quantile) quantile is trained
+            (TRL's top_entropy_quantile, "80/20" high-entropy tokens); needs the entropy.
+        clip_cov_ratio, clip_cov_lb, clip_cov_ub: Clip-Cov's share of tokens and its
+            covariance window (verl's defaults 2e-4, 1, 5).
+        kl_cov_ratio, kl_cov_coef: KL-Cov's share of tokens and its penalty weight (verl's
+            defaults 2e-4 and 1).
 
     Raises:
         TypeError: a field of the wrong kind (named in the message).
@@ -147,6 +163,20 @@ class LossOptions(_Validated):
     loss_agg: str = "token-mean"
     max_len: int | None = None
     entropy_agg: str | None = None
+    policy_loss: str = "ppo"
+    top_entropy_quantile: float = 1.0
+    clip_cov_ratio: float = 2e-4
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 2e-4
+    kl_cov_coef: float = 1.0
+
+    @property
+    def needs_batch_statistics(self) -> bool:
+        """Whether the per-token loss depends on the whole batch's log-probs or entropies
+        (GSPO's sequence ratios, the covariance selections, the entropy quantile): then the
+        fused loss cannot form gradients chunk by chunk and runs its two passes."""
+        return self.policy_loss in ("gspo", "clip_cov", "kl_cov") or self.top_entropy_quantile < 1.0
 
     def _checked(self) -> dict[str, Any]:
         clip_low = nonnegative(self.clip_low, "clip_low")
@@ -170,7 +200,29 @@ class LossOptions(_Validated):
                     f"max_len applies only to loss_agg='seq-mean-token-sum-norm' (or that entropy_agg), "
                     f"got loss_agg={loss_agg!r}"
                 )
+        policy_loss = choice(self.policy_loss, "policy_loss", POLICY_LOSSES)
+        if dual_clip is not None and policy_loss in ("cispo", "kl_cov"):
+            raise ValueError(f"dual_clip applies to the clipped surrogates (policy_loss 'ppo', 'gspo', 'clip_cov'), "
+                             f"not to policy_loss={policy_loss!r}")
+        quantile = positive(self.top_entropy_quantile, "top_entropy_quantile")
+        if quantile > 1:
+            raise ValueError(f"top_entropy_quantile must be in (0, 1] (1 trains every token), got {quantile}")
+        clip_cov_lb = _number(self.clip_cov_lb, "clip_cov_lb")
+        clip_cov_ub = _number(self.clip_cov_ub, "clip_cov_ub")
+        if clip_cov_ub <= clip_cov_lb:
+            raise ValueError(f"clip_cov_ub must be > clip_cov_lb, got clip_cov_lb={clip_cov_lb}, clip_cov_ub={clip_cov_ub}")
+        shares = {}
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            shares[name] = positive(getattr(self, name), name)
+            if shares[name] > 1:
+                raise ValueError(f"{name} must be in (0, 1] (a share of the scored tokens), got {shares[name]}")
         return {
+            "policy_loss": policy_loss,
+            "top_entropy_quantile": quantile,
+            "clip_cov_lb": clip_cov_lb,
+            "clip_cov_ub": clip_cov_ub,
+            **shares,
+            "kl_cov_coef": nonnegative(self.kl_cov_coef, "kl_cov_coef"),
             "clip_low": clip_low,
             "clip_high": nonnegative(self.clip_high, "clip_high"),
             "dual_clip": dual_clip,
@@ -193,6 +245,13 @@ class LossKeywords(TypedDict, total=False):
     loss_agg: str
     max_len: int | None
     entropy_agg: str | None
+    policy_loss: str
+    top_entropy_quantile: float
+    clip_cov_ratio: float
+    clip_cov_lb: float
+    clip_cov_ub: float
+    kl_cov_ratio: float
+    kl_cov_coef: float
 
 
 @dataclass(frozen=True)

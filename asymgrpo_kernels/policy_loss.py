@@ -13,6 +13,7 @@ from typing import Mapping
 
 import torch
 
+from .batch_statistics import batch_statistics
 from .dispatch import get_backend
 from .functions import PolicyLoss
 from .options import LOG_RATIO_LIMIT, LossKeywords, LossOptions, Unpack
@@ -85,8 +86,9 @@ def policy_tokens(
     entropy_weights = None
     if options.entropy_agg is not None:
         entropy_weights = token_weights(valid, options.entropy_agg, options.max_len, entropy_num_items, dtype)
+    sequences = torch.arange(valid.shape[0], device=valid.device).repeat_interleave(valid.shape[1])
     return PolicyTokens(
-        valid=flat(valid), advantages=cast(flat(advantages)), old_logprobs=cast(flat(old_logprobs)),
+        valid=flat(valid), sequences=flat(sequences), advantages=cast(flat(advantages)), old_logprobs=cast(flat(old_logprobs)),
         ref_logprobs=cast(flat(ref_logprobs)), is_weights=cast(flat(is_weights)), weights=flat(weights),
         entropy_weights=flat(entropy_weights), options=options,
     )
@@ -122,6 +124,8 @@ def check_policy_batch(
     valid = check_mask(mask, shape, device)
     if options.entropy_coef != 0 and not has_entropy:
         raise ValueError("entropy_coef != 0 needs the per-token entropy: pass entropy=[B, T]")
+    if options.top_entropy_quantile < 1 and not has_entropy:
+        raise ValueError("top_entropy_quantile < 1 needs the per-token entropy: pass entropy=[B, T]")
     if options.kl_coef != 0 and ref_logprobs is None:
         raise ValueError("kl_coef != 0 needs the reference log-probs: pass ref_logprobs=[B, T]")
     return valid, adv
@@ -209,12 +213,12 @@ def asym_policy_loss(
     tokens = policy_tokens(
         valid, adv, old_logprobs, ref_logprobs, is_weights, options, num_items, entropy_num_items, dtype
     )
+    flat_entropy = None if entropy is None else entropy.reshape(-1)
+    tokens, selection = batch_statistics(tokens, logprobs.reshape(-1), flat_entropy)
     with torch.autocast(device.type, enabled=False):
-        loss, ratio, kl, clipped = PolicyLoss.apply(
-            logprobs.reshape(-1), None if entropy is None else entropy.reshape(-1), tokens, chosen.token_terms
-        )
+        loss, ratio, kl, clipped = PolicyLoss.apply(logprobs.reshape(-1), flat_entropy, tokens, chosen.token_terms)
     metrics = loss_metrics(tokens, logprobs.reshape(-1), ratio, kl, clipped, entropy)
-    return loss, metrics
+    return loss, {**metrics, **selection}
 
 
 def masked_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:

@@ -96,18 +96,49 @@ def policy_loss_reference(
     num_items: float | None = None,
     entropy_agg: str | None = None,
     entropy_num_items: float | None = None,
+    policy_loss: str = "ppo",
+    top_entropy_quantile: float = 1.0,
+    clip_cov_ratio: float = 2e-4,
+    clip_cov_lb: float = 1.0,
+    clip_cov_ub: float = 5.0,
+    kl_cov_ratio: float = 2e-4,
+    kl_cov_coef: float = 1.0,
 ) -> torch.Tensor:
-    """The clipped policy loss of docs/algorithm.md §3 written out plainly; autograd does the rest.
+    """The policy loss of docs/algorithm.md §3 and §8 written out plainly; autograd does the rest.
 
     [B, T] tensors, advantages [B] or [B, T]; returns the 0-dim aggregated loss. Inputs must
     be finite everywhere (masked positions are multiplied by 0, not skipped). With
     ``entropy_agg`` the entropy term is aggregated on its own, over ``entropy_num_items``.
+    ``policy_loss`` picks the surrogate; Clip-Cov draws its tokens with ``torch.randperm`` from
+    the CPU generator, so a test seeds it before each implementation.
     """
-    adv = advantages[:, None] if advantages.dim() == 1 else advantages
-    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
-    pg = -torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv)
-    if dual_clip is not None:
-        pg = torch.where(adv < 0, torch.min(pg, -adv * dual_clip), pg)
+    adv = (advantages[:, None] if advantages.dim() == 1 else advantages).expand_as(logprobs)
+    scored = mask != 0
+    log_ratio = logprobs - old_logprobs
+    if policy_loss == "gspo":  # s_i from the sequence's mean log-ratio; d s_i,t / d logp_t = s_i,t
+        lengths = scored.sum(-1, keepdim=True).clamp(min=1)
+        sequence = (log_ratio * scored).sum(-1, keepdim=True) / lengths
+        log_ratio = logprobs - logprobs.detach() + sequence.detach()
+    log_ratio = log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    ratio = torch.exp(log_ratio)
+    clipped_ratio = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    if policy_loss == "cispo":
+        pg = -clipped_ratio.detach() * adv * logprobs
+    elif policy_loss == "kl_cov":
+        pg = -ratio * adv
+        chosen = _top_cov_reference(adv, logprobs.detach(), scored, kl_cov_ratio)
+        pg = torch.where(chosen, pg + kl_cov_coef * log_ratio.abs(), pg)
+    else:
+        pg = -torch.min(ratio * adv, clipped_ratio * adv)
+        if dual_clip is not None:
+            pg = torch.where(adv < 0, torch.min(pg, -adv * dual_clip), pg)
+        if policy_loss == "clip_cov":
+            clipped = (ratio * adv).detach() > (clipped_ratio * adv).detach()
+            pg = torch.where(_clip_cov_reference(adv, logprobs.detach(), scored & ~clipped, scored, clip_cov_ratio,
+                                                 clip_cov_lb, clip_cov_ub), 0.0, pg)
+    if top_entropy_quantile < 1:
+        threshold = torch.quantile(entropy.detach()[scored].float(), 1 - top_entropy_quantile)
+        pg = torch.where(entropy.detach().float() >= threshold, pg, 0.0)
     if is_weights is not None:
         pg = pg * is_weights
     loss = pg
@@ -122,6 +153,32 @@ def policy_loss_reference(
         return aggregate_reference(loss + bonus, m, loss_agg, max_len, num_items)
     return (aggregate_reference(loss, m, loss_agg, max_len, num_items)
             + aggregate_reference(bonus, m, entropy_agg, max_len, entropy_num_items))
+
+
+def _covariance_reference(adv: torch.Tensor, logprobs: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """cov = (A - mean A)(logp - mean logp) over the scored tokens, [B, T] (anything where not scored)."""
+    return (adv - adv[scored].mean()) * (logprobs - logprobs[scored].mean())
+
+
+def _clip_cov_reference(adv, logprobs, allowed, scored, share, lb, ub) -> torch.Tensor:
+    """[B, T] bool: max(int(share * n), 1) tokens drawn by randperm among the allowed ones with lb < cov < ub."""
+    cov = _covariance_reference(adv, logprobs, scored)
+    candidates = (allowed & (cov > lb) & (cov < ub)).nonzero()
+    drawn = candidates[torch.randperm(len(candidates))[: max(int(share * int(scored.sum())), 1)]]
+    chosen = torch.zeros_like(scored)
+    chosen[drawn[:, 0], drawn[:, 1]] = True
+    return chosen
+
+
+def _top_cov_reference(adv, logprobs, scored, share) -> torch.Tensor:
+    """[B, T] bool: the max(int(share * n), 1) scored tokens of largest covariance."""
+    cov = _covariance_reference(adv, logprobs, scored)[scored]
+    chosen = torch.zeros(int(scored.sum()), dtype=torch.bool, device=scored.device)
+    if len(cov):
+        chosen[torch.topk(cov, max(int(len(cov) * share), 1)).indices] = True
+    out = torch.zeros_like(scored)
+    out[scored] = chosen
+    return out
 
 
 def aggregate_reference(

@@ -1,12 +1,18 @@
 """The per-token AsymGRPO loss and its derivatives (torch), and the types its Triton twin shares.
 
 Per scored token, with A the advantage, l = clamp(logp - old_logp, -20, 20) and r = exp(l)
-(docs/algorithm.md §3):
+(docs/algorithm.md §3, §8), the policy term pg of each ``LossOptions.policy_loss``:
 
-    pg   = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)
-    pg   = min(pg, -A * dual_clip)                     where A < 0 (when dual_clip is set)
+    ppo, gspo, clip_cov   pg = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)
+                          pg = min(pg, -A * dual_clip)          where A < 0 (when dual_clip is set)
+    cispo                 pg = -sg(clip(r, 1 - clip_low, 1 + clip_high)) A logp
+    kl_cov                pg = -r A + penalty |l|
+
     loss = is_w * pg + kl_coef * k(ref_logp - logp) - entropy_coef * H
 
+GSPO, Clip-Cov, KL-Cov and the entropy quantile differ from PPO only in their per-token inputs
+(GSPO's old log-prob, the IS weight that cuts a token, KL-Cov's penalty), which
+``batch_statistics`` derives from the whole batch first; here every token is on its own.
 ``token_terms`` returns the loss with d loss / d logp and d loss / d H, so that backward needs
 only those two [N] vectors; ``triton/policy_loss.py`` computes the same ``TokenTerms`` in one
 Triton pass. This module imports nothing else of the package but the options.
@@ -23,6 +29,8 @@ from .options import LOG_RATIO_LIMIT, LossOptions
 
 CLIP_LOW, CLIP_HIGH, CLIP_DUAL = 1, 2, 4  # bits of TokenTerms.clipped
 KL_ESTIMATOR_CODES = {"k1": 0, "k2": 1, "k3": 2}
+#: The per-token formula of each policy_loss: 0 the clipped ratio, 1 CISPO, 2 the unclipped ratio.
+SURROGATE_CODES = {"ppo": 0, "gspo": 0, "clip_cov": 0, "cispo": 1, "kl_cov": 2}
 
 
 class TokenTerms(NamedTuple):
@@ -43,7 +51,7 @@ class TokenTerms(NamedTuple):
 
 class TokenInputs(NamedTuple):
     """Per-token inputs of ``token_terms``: [N] tensors in one floating dtype (the compute dtype),
-    valid bool [N]; ref_logprobs, entropy and is_weights may be None."""
+    valid bool [N]; ref_logprobs, entropy, is_weights and penalty (KL-Cov's |log r| weight) may be None."""
 
     logprobs: torch.Tensor
     old_logprobs: torch.Tensor
@@ -52,28 +60,44 @@ class TokenInputs(NamedTuple):
     ref_logprobs: torch.Tensor | None
     entropy: torch.Tensor | None
     is_weights: torch.Tensor | None
+    penalty: torch.Tensor | None = None
 
 
 def token_terms(inputs: TokenInputs, options: LossOptions) -> TokenTerms:
     """The per-token loss and its derivatives, torch implementation."""
-    logprobs, old_logprobs, advantages, valid, ref_logprobs, entropy, is_weights = inputs
+    logprobs, old_logprobs, advantages, valid, ref_logprobs, entropy, is_weights, penalty = inputs
     zero = torch.zeros_like(logprobs)
     log_ratio = torch.where(valid, logprobs - old_logprobs, zero)
     unclamped = log_ratio.abs() < LOG_RATIO_LIMIT  # beyond the limit, the clamp carries no gradient
-    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
+    log_ratio = log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    ratio = torch.exp(log_ratio)
     adv = torch.where(valid, advantages, zero)
-    # -min(rA, clip(r)A): the clipped branch is the minimum, and carries no gradient,
-    # exactly where r has left the clip range in the direction that A rewards.
-    low = (adv < 0) & (ratio < 1.0 - options.clip_low)
-    high = (adv > 0) & (ratio > 1.0 + options.clip_high)
     clipped_ratio = ratio.clamp(min=1.0 - options.clip_low, max=1.0 + options.clip_high)
-    pg = -torch.minimum(ratio * adv, clipped_ratio * adv)
-    grad = torch.where(unclamped & ~(low | high), -ratio * adv, zero)
     dual = torch.zeros_like(valid)
-    if options.dual_clip is not None:
-        dual = (adv < 0) & (pg > -adv * options.dual_clip)
-        pg = torch.where(dual, -adv * options.dual_clip, pg)
-        grad = torch.where(dual, zero, grad)
+    surrogate = SURROGATE_CODES[options.policy_loss]
+    if surrogate == 0:
+        # -min(rA, clip(r)A): the clipped branch is the minimum, and carries no gradient,
+        # exactly where r has left the clip range in the direction that A rewards.
+        low = (adv < 0) & (ratio < 1.0 - options.clip_low)
+        high = (adv > 0) & (ratio > 1.0 + options.clip_high)
+        pg = -torch.minimum(ratio * adv, clipped_ratio * adv)
+        grad = torch.where(unclamped & ~(low | high), -ratio * adv, zero)
+        if options.dual_clip is not None:
+            dual = (adv < 0) & (pg > -adv * options.dual_clip)
+            pg = torch.where(dual, -adv * options.dual_clip, pg)
+            grad = torch.where(dual, zero, grad)
+    elif surrogate == 1:  # CISPO: the clipped ratio is a stop-gradient weight of log p
+        low, high = ratio < 1.0 - options.clip_low, ratio > 1.0 + options.clip_high
+        pg = -clipped_ratio * adv * torch.where(valid, logprobs, zero)
+        grad = -clipped_ratio * adv
+    else:  # KL-Cov: no clip; the selected tokens pay penalty * |log r|
+        low = high = torch.zeros_like(valid)
+        pg = -ratio * adv
+        grad = torch.where(unclamped, -ratio * adv, zero)
+        if penalty is not None:
+            weight = torch.where(valid, penalty, zero)
+            pg = pg + weight * log_ratio.abs()
+            grad = grad + torch.where(unclamped, weight * torch.sign(log_ratio), zero)
     if is_weights is not None:
         weight = torch.where(valid, is_weights, zero)
         pg, grad = pg * weight, grad * weight
@@ -112,12 +136,15 @@ TokenTermsFn = Callable[[TokenInputs, LossOptions], TokenTerms]
 class PolicyTokens:
     """The policy loss's per-token data, [n] each in the compute dtype and detached, and its options.
 
-    valid is bool; old_logprobs None means on-policy (the current log-probs); weights are the
-    aggregation weights w of loss = sum(w * token loss) (``policy_loss.token_weights``), and
-    entropy_weights, when set (``LossOptions.entropy_agg``), those of the entropy term instead.
+    valid is bool; sequences int64, the sequence (row of the [B, T] batch) of each token;
+    old_logprobs None means on-policy (the current log-probs); weights are the aggregation
+    weights w of loss = sum(w * token loss) (``policy_loss.token_weights``), and
+    entropy_weights, when set (``LossOptions.entropy_agg``), those of the entropy term instead;
+    penalty: KL-Cov's per-token |log r| weight (``batch_statistics``), None elsewhere.
     """
 
     valid: torch.Tensor
+    sequences: torch.Tensor
     advantages: torch.Tensor
     old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None
@@ -125,6 +152,7 @@ class PolicyTokens:
     weights: torch.Tensor
     entropy_weights: torch.Tensor | None
     options: LossOptions
+    penalty: torch.Tensor | None = None
 
     def terms(
         self, logprobs: torch.Tensor, entropy: torch.Tensor | None, compute: TokenTermsFn, part: slice = slice(None)
@@ -133,7 +161,8 @@ class PolicyTokens:
         pick = lambda t: None if t is None else t[part]  # noqa: E731
         old = logprobs if self.old_logprobs is None else self.old_logprobs[part]
         inputs = TokenInputs(
-            logprobs, old, self.advantages[part], self.valid[part], pick(self.ref_logprobs), entropy, pick(self.is_weights)
+            logprobs, old, self.advantages[part], self.valid[part], pick(self.ref_logprobs), entropy,
+            pick(self.is_weights), pick(self.penalty),
         )
         return compute(inputs, self.options)
 
