@@ -16,7 +16,7 @@ method changes differs between two methods; ``*_clip_higher`` are DAPO's clip-hi
     kl_cov                 grpo       KL-Cov, 2% of the tokens, coefficient 1
     top_entropy            grpo       only the top 20% tokens by entropy train (80/20)
     gspo                   grpo       GSPO's sequence ratio, clip 3e-4 / 4e-4, seq-mean-token-mean
-    cispo                  grpo       CISPO's clipped weight, clip_low 0.99 (no lower bound) / clip_high 4
+    cispo                  grpo       CISPO's clipped weight: no lower bound (clip_low 1), at most 5 (clip_high 4)
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ METHODS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
         "top_entropy": {"preset": "grpo", **_SYMMETRIC, "top_entropy_quantile": 0.2},
         "gspo": {"preset": "grpo", "clip_low": 3e-4, "clip_high": 4e-4, "policy_loss": "gspo",
                  "loss_agg": "seq-mean-token-mean"},
-        "cispo": {"preset": "grpo", "clip_low": 0.99, "clip_high": 4.0, "policy_loss": "cispo"},
+        "cispo": {"preset": "grpo", "clip_low": 1.0, "clip_high": 4.0, "policy_loss": "cispo"},
     }.items()
 })
 

@@ -116,7 +116,8 @@ class LossOptions(_Validated):
     """Options of the clipped AsymGRPO policy loss (docs/algorithm.md §3).
 
     Attributes:
-        clip_low: in [0, 1); the ratio's lower clip is 1 - clip_low.
+        clip_low: in [0, 1); the ratio's lower clip is 1 - clip_low (with policy_loss "cispo"
+            also 1: no lower bound, CISPO's usual choice).
         clip_high: non-negative; the ratio's upper clip is 1 + clip_high (clip_high > clip_low is
             DAPO's clip-higher).
         dual_clip: None, or c > 1: for A < 0 the token loss is capped at -A * c.
@@ -180,9 +181,10 @@ class LossOptions(_Validated):
 
     def _checked(self) -> dict[str, Any]:
         clip_low = nonnegative(self.clip_low, "clip_low")
-        if clip_low >= 1:
+        if clip_low > 1 or (clip_low == 1 and self.policy_loss != "cispo"):
             raise ValueError(
-                f"clip_low must be < 1 (the ratio is clipped to [1 - clip_low, 1 + clip_high]), got {clip_low}"
+                f"clip_low must be < 1 (the ratio is clipped to [1 - clip_low, 1 + clip_high]; 1, no lower bound, "
+                f"only with policy_loss='cispo'), got {clip_low}"
             )
         dual_clip = self.dual_clip
         if dual_clip is not None:

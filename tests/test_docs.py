@@ -48,4 +48,5 @@ def test_algorithm_sections_are_numbered_as_cited() -> None:
         (5, "Log-prob and entropy from hidden states, and their gradients"),
         (6, "Numerics at the edges"),
         (7, "Conventions of other implementations"),
+        (8, "Entropy-control policy losses"),
     ]
