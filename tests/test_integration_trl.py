@@ -5,12 +5,14 @@ locally and saved to a folder, so TRL can load it, and a reference model, by pat
 check: with ``preset="grpo"`` and TRL's std convention, ``compute_loss`` (the fused path) equals
 ``GRPOTrainer._compute_loss`` on the same batch, in value, in every parameter's gradient and in
 the logged metrics, for each supported loss_type, with and without gradient accumulation and an
-entropy bonus.
+entropy bonus, and off-policy for GSPO (importance_sampling_level="sequence"), CISPO and
+top_entropy_quantile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import pytest
@@ -26,7 +28,7 @@ from asymgrpo.demo.tokenizer import build_char_tokenizer
 from asymgrpo.integrations.trl import AsymGRPOTrainer
 from asymgrpo.integrations.trl.advantages import completion_advantages, process_slice, weighted_rewards
 from asymgrpo.integrations.trl.metrics import clip_flags, global_metrics, local_vector
-from asymgrpo.integrations.trl.options import advantage_options, unsupported_model
+from asymgrpo.integrations.trl.options import advantage_options, loss_options, unsupported_model, unsupported_options
 from asymgrpo_kernels import fused_linear_asymgrpo_loss, group_advantages
 
 TOKENIZER = build_char_tokenizer()
@@ -186,6 +188,91 @@ def test_compute_loss_equals_trl_with_vllm_weights_on_policy(model_dirs, tmp_pat
     shape = inputs["completion_mask"].shape if level == "token" else (inputs["completion_mask"].shape[0], 1)
     inputs["importance_sampling_ratio"] = torch.rand(shape, generator=torch.Generator().manual_seed(3)) + 0.5
     assert_matches_trl(trainer, inputs)
+
+
+def current_ratios(trainer, inputs, *, sequence: bool) -> torch.Tensor:
+    """[B, T] token ratios exp(logp - old_logp) of the current model, or [B] sequence ratios (GSPO's s_i)."""
+    mask = inputs["completion_mask"]
+    with torch.no_grad():
+        current, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], mask], 1), mask.shape[1])
+    log_ratio = (current - inputs["old_per_token_logps"]) * mask
+    if sequence:
+        return torch.exp(log_ratio.sum(1) / mask.sum(1).clamp(min=1))
+    return torch.where(mask.bool(), torch.exp(log_ratio), torch.ones_like(log_ratio))
+
+
+# Off-policy cases of GSPO (importance_sampling_level="sequence"), CISPO and the high-entropy mask; old_shift is
+# added to the old log-probs of the scored tokens (-0.3 multiplies every ratio by 1.35: past delta for some);
+# vllm_weights: TRL's [B, 1] vLLM importance-sampling ratio of its sequence modes.
+POLICY_CASES = {
+    "cispo": {"loss_type": "cispo", "epsilon_high": 1.2},
+    "cispo-bonus-delta": {"loss_type": "cispo", "epsilon_high": 1.2, "entropy_coef": 0.05, "delta": 1.5},
+    "gspo-grpo": {"loss_type": "grpo", "importance_sampling_level": "sequence"},
+    "gspo-dapo-delta": {"loss_type": "dapo", "importance_sampling_level": "sequence", "epsilon_high": 0.28,
+                        "delta": 1.3, "old_shift": -0.3},
+    "gspo-dr_grpo-bonus": {"loss_type": "dr_grpo", "importance_sampling_level": "sequence", "entropy_coef": 0.05},
+    "gspo-bnpo-vllm": {"loss_type": "bnpo", "importance_sampling_level": "sequence", "vllm_weights": True},
+    "entropy-0.2-grpo": {"loss_type": "grpo", "top_entropy_quantile": 0.2},
+    "entropy-0.5-dapo": {"loss_type": "dapo", "top_entropy_quantile": 0.5, "epsilon_high": 0.28},
+    "entropy-0.5-cispo": {"loss_type": "cispo", "top_entropy_quantile": 0.5, "epsilon_high": 1.2},
+}
+
+
+@pytest.mark.parametrize("case", list(POLICY_CASES))
+def test_policy_methods_equal_trl(model_dirs, tmp_path, case):
+    """GSPO, CISPO and top_entropy_quantile: value, every gradient and TRL's metrics equal TRL's, off-policy,
+    under gradient accumulation (2), with the KL term. For GSPO this checks the token-level form's claim: its
+    per-token gradients equal those of TRL's [B, 1] sequence coefficient broadcast over the tokens."""
+    config = dict(POLICY_CASES[case])
+    old_shift = config.pop("old_shift", 0.0)
+    vllm_weights = config.pop("vllm_weights", False)
+    trainer = make_trainer(AsymGRPOTrainer, model_dirs[False], tmp_path, trainer_kwargs={"preset": "grpo"},
+                           beta=0.04, gradient_accumulation_steps=2, **config)
+    options = trainer.loss_options
+    sequence = config.get("importance_sampling_level") == "sequence"
+    cispo = config["loss_type"] == "cispo"
+    assert options.policy_loss == ("gspo" if sequence else "cispo" if cispo else "ppo")
+    assert options.top_entropy_quantile == config.get("top_entropy_quantile", 1.0)
+    if cispo:
+        assert (options.clip_low, options.dual_clip) == (1.0, None)
+        assert options.clip_high == pytest.approx(config["epsilon_high"] - 1)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2
+    inputs = loss_batch(trainer, seed=4, accumulation=2)
+    inputs["old_per_token_logps"] = inputs["old_per_token_logps"] + old_shift * inputs["completion_mask"]
+    if vllm_weights:
+        trainer.use_vllm = trainer.vllm_importance_sampling_correction = True  # as a vLLM run sets them
+        inputs["importance_sampling_ratio"] = torch.rand(len(inputs["advantages"]), 1,
+                                                         generator=torch.Generator().manual_seed(3)) + 0.5
+    ratios = current_ratios(trainer, inputs, sequence=sequence)
+    assert (ratios - 1).abs().max() > 0.1, "off-policy"
+    ours, _ = assert_matches_trl(trainer, inputs)
+    metrics = ours[2]
+    signs = inputs["advantages"] if sequence else inputs["advantages"][:, None].expand_as(ratios)
+    if cispo:  # the weight's cap is active (where A > 0 TRL counts it)
+        assert metrics["cispo_clip_ratio"] > 0 and "clip_ratio/low_mean" not in metrics
+    else:
+        assert metrics["clip_ratio/region_mean"] > 0, "the ratio is clipped somewhere"
+    if "delta" in config and not cispo:
+        assert ((ratios > config["delta"]) & (signs < 0)).any(), "the dual clip is active"
+    if "top_entropy_quantile" in config:  # the mask matters
+        trainer.loss_options = dataclasses.replace(options, top_entropy_quantile=1.0)
+        unmasked = trainer.compute_loss(trainer.model, inputs).detach()
+        assert abs(unmasked - ours[0]) > 1e-4
+
+
+def test_gspo_differs_from_token_level(model_dirs, tmp_path):
+    """The sequence ratio matters: on the same off-policy batch GSPO's loss is not PPO's."""
+    losses = {}
+    for level in ("token", "sequence"):
+        trainer = make_trainer(AsymGRPOTrainer, model_dirs[False], tmp_path, trainer_kwargs={"preset": "grpo"},
+                               loss_type="grpo", importance_sampling_level=level)
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+        losses[level] = trainer.compute_loss(trainer.model, loss_batch(trainer, seed=4)).item()
+    assert abs(losses["token"] - losses["sequence"]) > 1e-4
 
 
 def test_lm_head_never_runs_in_compute_loss(model_dirs, tmp_path, monkeypatch):
@@ -419,12 +506,16 @@ def test_metrics_reduce_over_processes(advantages, low_min, high_max, low_tokens
 
 
 @pytest.mark.parametrize("config, named", [
-    ({"loss_type": "cispo"}, "loss_type"),
     ({"loss_type": "luspo"}, "loss_type"),
-    ({"importance_sampling_level": "sequence"}, "importance_sampling_level"),
-    ({"top_entropy_quantile": 0.2}, "top_entropy_quantile"),
+    ({"loss_type": "sapo"}, "loss_type"),
+    ({"loss_type": "cispo"}, "epsilon_high=None"),  # TRL's cap is epsilon_high itself: 0.2 here
+    ({"loss_type": "cispo", "epsilon_high": 0.28}, "epsilon_high >= 1"),
+    ({"loss_type": "cispo", "epsilon_high": 5.0, "importance_sampling_level": "sequence"}, "loss_type='cispo'"),
+    ({"top_entropy_quantile": 0.2, "entropy_coef": 0.01}, "entropy bonus"),
+    ({"top_entropy_quantile": 0.2, "importance_sampling_level": "sequence"}, "top_entropy_quantile"),
     ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold"),
     ({"delta": 1.1}, "delta"),
+    ({"delta": 1.2, "importance_sampling_level": "sequence"}, "delta"),
     ({"beta": 0.04, "use_bias_correction_kl": True}, "use_bias_correction_kl"),
     ({"use_adaptive_entropy": True}, "use_adaptive_entropy"),
     ({"scale_rewards": "batch"}, "scale_rewards"),
@@ -434,6 +525,21 @@ def test_metrics_reduce_over_processes(advantages, low_min, high_max, low_tokens
 def test_unsupported_options_raise(model_dirs, tmp_path, config, named):
     with pytest.raises(ValueError, match=named):
         make_trainer(AsymGRPOTrainer, model_dirs[False], tmp_path, **config)
+
+
+def test_options_refused_by_process_count_and_vllm_mode(tmp_path):
+    """top_entropy_quantile: one process only (TRL's quantile spans every process's tokens); GSPO with TRL's
+    per-token vLLM IS weights; the process count defaults to args.world_size."""
+    args = grpo_config(tmp_path, top_entropy_quantile=0.2)
+    assert args.world_size == 1 and unsupported_options(args) == []
+    (several,) = unsupported_options(args, num_processes=2)
+    assert "top_entropy_quantile=0.2 with 2 processes" in several
+    assert loss_options(args).top_entropy_quantile == 0.2
+    for mode, refused in (("token_truncate", True), ("sequence_mask", False)):
+        args = grpo_config(tmp_path, importance_sampling_level="sequence", use_vllm=True,
+                           vllm_importance_sampling_correction=True, vllm_importance_sampling_mode=mode)
+        problems = unsupported_options(args, num_processes=1)
+        assert bool(problems) == refused and all("vllm_importance_sampling_mode" in p for p in problems)
 
 
 @pytest.mark.parametrize("field, value", [("final_logit_softcapping", 30.0), ("logit_scale", 0.5),

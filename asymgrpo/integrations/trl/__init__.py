@@ -17,7 +17,11 @@ accumulation steps (1 in eval), B this process's micro-batch and W the number of
     dr_grpo     seq-mean-token-sum-norm    B * GA, max_len = max_completion_length
     dapo        token-mean                 max(num_items_in_batch, 1) / W * GA / steps_per_generation
                                            (train; eval: max(num_items_in_batch, 1) / W)
+    cispo       token-mean                 as dapo
 
+policy_loss is "ppo", "gspo" with importance_sampling_level="sequence", "cispo" for loss_type
+"cispo" (clip_low 1, clip_high = epsilon_high - 1: TRL caps CISPO's weight at epsilon_high);
+top_entropy_quantile is TRL's (one process only).
 clip_low / clip_high = epsilon / epsilon_high, dual_clip = delta, kl_coef = beta (k3, reference
 log-probs from TRL), is_weights = TRL's vLLM importance-sampling ratio when TRL applies it, and
 the entropy bonus is TRL's: entropy_coef times the micro-batch's mean entropy, divided by GA

@@ -18,7 +18,14 @@ LOSS_AGG = {
     "bnpo": "token-mean",
     "dr_grpo": "seq-mean-token-sum-norm",
     "dapo": "token-mean",
+    "cispo": "token-mean",
 }
+#: TRL's ``loss_type`` -> our ``policy_loss`` (with importance_sampling_level="sequence", "ppo" becomes "gspo").
+POLICY_LOSS = {"grpo": "ppo", "bnpo": "ppo", "dr_grpo": "ppo", "dapo": "ppo", "cispo": "cispo"}
+#: The loss types whose policy term TRL divides by ``num_items_in_batch`` (not per micro-batch).
+BATCH_NORMALIZED = ("dapo", "cispo")
+#: vLLM importance-sampling modes whose ratio is one weight per token ([B, T]); the others give [B, 1].
+TOKEN_IS_MODES = ("token_truncate", "token_mask")
 #: TRL's ``scale_rewards`` -> our ``normalize``.
 NORMALIZE = {"group": "std", "none": "none"}
 #: Text-config fields that soft-cap or rescale the logits after the LM head (the ones TRL's fused head reads).
@@ -31,31 +38,64 @@ def clip_high(args: Any) -> float:
     return args.epsilon_high if args.epsilon_high is not None else args.epsilon
 
 
-def unsupported_options(args: Any) -> list[str]:
+def unsupported_options(args: Any, *, num_processes: int | None = None) -> list[str]:
     """One message per ``GRPOConfig`` option the fused AsymGRPO loss cannot honour (empty: all fine).
 
-    ``args`` is a ``trl.GRPOConfig`` after its ``__post_init__`` (``scale_rewards`` is a string).
+    ``args`` is a ``trl.GRPOConfig`` after its ``__post_init__`` (``scale_rewards`` is a string);
+    ``num_processes`` the number of training processes (None: ``args.world_size``).
     """
+    num_processes = args.world_size if num_processes is None else num_processes
     problems = []
+    cispo = args.loss_type == "cispo"
+    sequence = args.importance_sampling_level == "sequence"
     if args.loss_type not in LOSS_AGG:
         problems.append(
-            f"loss_type={args.loss_type!r}: supported are {', '.join(map(repr, LOSS_AGG))}, the clipped-ratio "
-            "losses; the others have per-token losses of their own"
+            f"loss_type={args.loss_type!r}: supported are {', '.join(map(repr, LOSS_AGG))}; sapo, luspo and vespo "
+            "have per-token losses of their own"
         )
-    if args.importance_sampling_level != "token":
+    if args.importance_sampling_level not in ("token", "sequence"):
+        problems.append(f"importance_sampling_level={args.importance_sampling_level!r}: 'token' or 'sequence'")
+    if sequence and cispo:
         problems.append(
-            f"importance_sampling_level={args.importance_sampling_level!r}: the fused loss clips per-token ratios; "
-            "a sequence-level ratio (GSPO) needs every token's log-prob before the loss"
+            "importance_sampling_level='sequence' with loss_type='cispo': CISPO's weight is the per-token ratio "
+            "in the fused loss (policy_loss='cispo'); a clipped sequence ratio times log p has no policy_loss"
         )
-    if args.delta is not None and args.delta <= 1 + clip_high(args):
+    if cispo and clip_high(args) < 1.0:
+        problems.append(
+            f"loss_type='cispo' with epsilon_high={args.epsilon_high} (a cap of {clip_high(args)}; epsilon "
+            "when unset): TRL caps CISPO's weight at epsilon_high itself, not at 1 + epsilon_high, and a cap "
+            "below 1 has no form here (clip_high = epsilon_high - 1 must be >= 0); set epsilon_high >= 1 (the "
+            "ScaleRL paper recommends 5.0)"
+        )
+    if args.delta is not None and not cispo and args.delta <= 1 + clip_high(args):
         problems.append(
             f"delta={args.delta}: two-sided clipping is honoured as the dual clip, which needs "
             f"delta > 1 + epsilon_high = {1 + clip_high(args)}"
         )
     if args.top_entropy_quantile < 1.0:
+        if num_processes > 1:
+            problems.append(
+                f"top_entropy_quantile={args.top_entropy_quantile} with {num_processes} processes: TRL takes the "
+                "entropy quantile over the tokens of every process, the fused loss over this process's micro-batch "
+                "(it is supported with one process)"
+            )
+        if args.entropy_coef != 0.0:
+            problems.append(
+                f"top_entropy_quantile={args.top_entropy_quantile} with entropy_coef={args.entropy_coef}: TRL's "
+                "entropy bonus averages over the high-entropy tokens only, the fused loss's over every scored token"
+            )
+        if sequence:
+            problems.append(
+                f"top_entropy_quantile={args.top_entropy_quantile} with importance_sampling_level='sequence': "
+                "TRL masks the broadcast sequence loss per token, which spreads each kept token's gradient over "
+                "the whole sequence; the fused GSPO form gives it to the kept tokens only"
+            )
+    if (sequence and args.use_vllm and args.vllm_importance_sampling_correction
+            and args.vllm_importance_sampling_mode in TOKEN_IS_MODES):
         problems.append(
-            f"top_entropy_quantile={args.top_entropy_quantile}: the high-entropy token mask needs every token's "
-            "entropy, across processes, before the loss; the fused loss computes the entropy inside itself"
+            f"importance_sampling_level='sequence' with vllm_importance_sampling_mode="
+            f"{args.vllm_importance_sampling_mode!r}: per-token IS weights on a sequence ratio spread each token's "
+            "weight over the whole sequence in TRL, not in the fused GSPO form; use a 'sequence_*' mode"
         )
     if args.off_policy_mask_threshold is not None:
         problems.append(
@@ -119,19 +159,28 @@ def loss_options(args: Any) -> LossOptions:
 
     ``epsilon`` / ``epsilon_high`` -> clip_low / clip_high, ``delta`` -> dual_clip, ``beta`` ->
     kl_coef (k3), ``entropy_coef`` with TRL's mean-entropy bonus (``entropy_agg="token-mean"``),
-    ``loss_type`` -> ``loss_agg`` (dr_grpo: max_len = max_completion_length).
+    ``loss_type`` -> ``loss_agg`` (dr_grpo: max_len = max_completion_length) and ``policy_loss``
+    ("ppo"; "gspo" with importance_sampling_level="sequence"; "cispo": clip_low 1, no lower
+    bound, and clip_high = epsilon_high - 1, TRL's cap of the weight at epsilon_high; delta does not
+    enter TRL's CISPO loss, nor ours), ``top_entropy_quantile`` as it is.
     """
     loss_agg = LOSS_AGG[args.loss_type]
+    policy_loss = POLICY_LOSS[args.loss_type]
+    if policy_loss == "ppo" and args.importance_sampling_level == "sequence":
+        policy_loss = "gspo"
+    cispo = policy_loss == "cispo"
     return LossOptions(
-        clip_low=args.epsilon,
-        clip_high=clip_high(args),
-        dual_clip=args.delta,
+        clip_low=1.0 if cispo else args.epsilon,
+        clip_high=clip_high(args) - 1.0 if cispo else clip_high(args),
+        dual_clip=None if cispo else args.delta,
         kl_coef=args.beta,
         kl_estimator="k3",
         entropy_coef=args.entropy_coef,
         loss_agg=loss_agg,
         max_len=args.max_completion_length if loss_agg == "seq-mean-token-sum-norm" else None,
         entropy_agg="token-mean",
+        policy_loss=policy_loss,
+        top_entropy_quantile=float(args.top_entropy_quantile),
     )
 
 
@@ -175,18 +224,19 @@ def normalizers(loss_type: str, mask: torch.Tensor, *, accumulation: int, traini
         loss_type: a key of ``LOSS_AGG``.
         mask: [B, T] 0/1, the scored completion tokens of this process's micro-batch.
         accumulation: gradient-accumulation steps of the optimizer step (1 in eval).
-        training: train mode (dapo rescales the generation batch's count to one accumulation window).
+        training: train mode (dapo and cispo rescale the generation batch's count to one accumulation
+            window).
         num_items_in_batch: 0-dim, TRL's count of scored tokens of the generation batch over all processes.
         num_processes: the number of processes whose gradients are averaged.
         steps_per_generation: TRL's ``steps_per_generation``.
 
     Returns:
-        num_items: sequences (grpo, dr_grpo) or tokens (bnpo, dapo) that the policy term is averaged
-            over; entropy_num_items: this micro-batch's tokens (at least 1) times ``accumulation``,
-            TRL's mean-entropy bonus.
+        num_items: sequences (grpo, dr_grpo) or tokens (bnpo, dapo and cispo alike) that the policy
+            term is averaged over; entropy_num_items: this micro-batch's tokens (at least 1) times
+            ``accumulation``, TRL's mean-entropy bonus.
     """
     tokens = mask.sum().float().clamp(min=1.0)
-    if loss_type == "dapo":
+    if loss_type in BATCH_NORMALIZED:
         num_items = num_items_in_batch.float().clamp(min=1.0) / num_processes
         if training:
             num_items = num_items * accumulation / steps_per_generation

@@ -18,6 +18,7 @@ from .advantages import completion_advantages, process_slice
 from .forward import add_fused_loss_forward, completion_loss
 from .metrics import clip_flags, global_metrics, local_vector
 from .options import (
+    BATCH_NORMALIZED,
     advantage_options,
     loss_options,
     normalizers,
@@ -58,7 +59,8 @@ class AsymGRPOTrainer(GRPOTrainer):
     Attributes:
         advantage_options: the ``AdvantageOptions`` of the advantages.
         loss_options: the ``LossOptions`` of the loss (clip = epsilon / epsilon_high, kl_coef =
-            beta, entropy_coef, loss_agg from loss_type).
+            beta, entropy_coef, loss_agg and policy_loss from loss_type and
+            importance_sampling_level, top_entropy_quantile).
 
     Raises:
         ValueError: at construction, naming every option that cannot be honoured (docs/trl.md).
@@ -71,11 +73,11 @@ class AsymGRPOTrainer(GRPOTrainer):
                  *trainer_args: Any, preset: str = "asymgrpo", beta_pos: float | None = None,
                  beta_neg: float | None = None, std_convention: str = "trl", **trainer_kwargs: Any) -> None:
         super().__init__(model, reward_funcs, args, train_dataset, *trainer_args, **trainer_kwargs)
-        raise_unsupported(unsupported_options(self.args) + unsupported_model(
-            self.model.config.get_text_config(), aux_loss_enabled=self.aux_loss_enabled,
-            deepspeed_zero3=is_deepspeed_zero3_enabled(),
-            multimodal=isinstance(self.processing_class, ProcessorMixin),
-        ))
+        raise_unsupported(unsupported_options(self.args, num_processes=self.accelerator.num_processes)
+                          + unsupported_model(self.model.config.get_text_config(),
+                                              aux_loss_enabled=self.aux_loss_enabled,
+                                              deepspeed_zero3=is_deepspeed_zero3_enabled(),
+                                              multimodal=isinstance(self.processing_class, ProcessorMixin)))
         self.advantage_options = advantage_options(preset, beta_pos=beta_pos, beta_neg=beta_neg,
                                                    std_convention=std_convention,
                                                    scale_rewards=self.args.scale_rewards)
@@ -143,19 +145,23 @@ class AsymGRPOTrainer(GRPOTrainer):
         """Append TRL's loss metrics (and entropy_pos / entropy_neg): one reduce, one host read."""
         mode = "train" if self.model.training else "eval"
         options = self.loss_options
+        # TRL's flags: of the sequence ratio ([B, 1], counted per sequence) with importance_sampling_level
+        # "sequence"; for cispo only the high one, of the weight's cap epsilon_high = 1 + clip_high
+        sequence = options.policy_loss == "gspo"
         low, high = clip_flags(values.logprobs, inputs.get("old_per_token_logps"), inputs["advantages"], mask,
-                               options.clip_low, options.clip_high)
+                               options.clip_low, options.clip_high, sequence=sequence)
         bonus = options.entropy_coef != 0.0
         # TRL's policy_loss: the loss without the entropy bonus, before the accumulation scaling (not dapo's)
         policy_loss = loss.detach() + options.entropy_coef * values.entropy.sum() / entropy_num_items
-        if self.loss_type != "dapo":
+        if self.loss_type not in BATCH_NORMALIZED:
             policy_loss = policy_loss * accumulation
         vector = local_vector(metrics, values.entropy, low, high, mask, policy_loss,
                               num_processes=self.accelerator.num_processes,
-                              process_index=self.accelerator.process_index)
+                              process_index=self.accelerator.process_index,
+                              clip_mask=torch.ones_like(low) if sequence else None)
         reduced = self.accelerator.reduce(vector, reduction="sum").tolist()
         logged = global_metrics(reduced, num_processes=self.accelerator.num_processes, kl=self.beta != 0.0,
-                                policy_loss=bonus)
+                                policy_loss=bonus, cispo=options.policy_loss == "cispo")
         for name, value in logged.items():
             self._metrics[mode][name].append(value)
         if bonus and mode == "train" and self.accelerator.sync_gradients:
