@@ -1,4 +1,5 @@
-"""Command line: ``asymgrpo train [--config FILE] [--KEY VALUE ...]`` and ``asymgrpo eval CHECKPOINT``.
+"""Command line: ``asymgrpo train [--config FILE] [--KEY VALUE ...]``, ``asymgrpo eval CHECKPOINT`` and
+``asymgrpo sweep [--methods A,B] [--seeds N] [--grid KEY=V1,V2] [--KEY VALUE ...]`` (docs/research.md).
 
 Every key of ``TrainConfig`` is an option of ``train`` (``--group-size 8`` or ``--group_size 8``);
 the YAML file's keys are the same names. The config and every input are checked before anything
@@ -34,17 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a policy (no arguments: the embedded CPU demo)",
                                 description="Train with AsymGRPO. With no arguments: the embedded tiny-model demo.")
-    train.add_argument("--config", metavar="FILE", help="YAML file of config keys (command-line options win)")
-    for name, hint, default, help_text in config_fields():
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]  # Optional[X] -> X
-        type_name = inner[0].__name__
-        if hint is bool:
-            train.add_argument(*flags, dest=name, nargs="?", const="true", default=argparse.SUPPRESS,
-                               metavar="BOOL", help=f"{help_text} (default {default})")
-        else:
-            train.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=type_name.upper(),
-                               help=f"{help_text} (default {default!r})")
+    _add_config_options(train)
 
     evaluate = commands.add_parser("eval", help="greedy accuracy and pass@k of a checkpoint, with vLLM")
     evaluate.add_argument("checkpoint", help="a model folder (e.g. <output_dir>/checkpoints/step_000040) or hub name")
@@ -58,7 +49,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for pass@k (default 1.0)")
     evaluate.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's max_new_tokens")
     evaluate.add_argument("--seed", type=int, default=0)
+
+    from .sweep.command import add_sweep_options, forwarded_fields
+
+    sweep = commands.add_parser(
+        "sweep", help="run methods x seeds (x one grid key) and report them with intervals (docs/research.md)",
+        description="Run every method x seed (x grid value) as `asymgrpo train`, one after another, then write "
+                    "report.json, report.md and plots/ in the sweep folder. Re-running the same command skips "
+                    "finished runs and resumes interrupted ones. Every other --KEY VALUE is a train option "
+                    "given to every run.")
+    add_sweep_options(sweep)
+    _add_config_options(sweep, only=forwarded_fields())
     return parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """``--config FILE`` and one option per TrainConfig key (those in ``only``, when given)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file of config keys (command-line options win)")
+    for name, hint, default, help_text in config_fields():
+        if only is not None and name not in only:
+            continue
+        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]  # Optional[X] -> X
+        type_name = inner[0].__name__
+        if hint is bool:
+            parser.add_argument(*flags, dest=name, nargs="?", const="true", default=argparse.SUPPRESS,
+                                metavar="BOOL", help=f"{help_text} (default {default})")
+        else:
+            parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=type_name.upper(),
+                                help=f"{help_text} (default {default!r})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return run_train(args)
+        if args.command == "sweep":
+            from .sweep.command import run_sweep_command
+
+            return run_sweep_command(args)
         return run_eval(args)
     except ConfigError as error:  # every rank finds the same one: rank 0 says it
         if ranks.is_main:
