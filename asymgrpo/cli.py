@@ -150,7 +150,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--num-prompts and every --k must be > 0")
     check_model(args.checkpoint, key="checkpoint")
     run = _run_config(Path(args.checkpoint))
-    keys = ("seed", "embedded_test_size", "embedded_max_operand", "prompt_template", "prompt_field", "answer_field",
+    keys = ("seed", "embedded_task", "embedded_test_size", "embedded_max_operand", "prompt_template", "prompt_field",
+            "answer_field",
             "reward", "reward_timeout_s", "reward_workers", "max_new_tokens")
     values = {key: run[key] for key in keys if key in run}
     for key in ("max_new_tokens", "prompt_field", "answer_field"):

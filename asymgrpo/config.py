@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from asymgrpo_kernels import PRESETS, AdvantageOptions, AsymGRPOLoss, LossOptions
-from asymgrpo_kernels.options import BACKENDS, KL_ESTIMATORS, LOSS_AGG_MODES, NORMALIZE_MODES
+from asymgrpo_kernels.options import BACKENDS, KL_ESTIMATORS, LOSS_AGG_MODES, NORMALIZE_MODES, POLICY_LOSSES
+
+from .data.arithmetic import EMBEDDED_TASKS, longest_answer, task_size
 
 EMBEDDED = "embedded"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -57,8 +59,10 @@ class TrainConfig:
     overwrite: bool = _opt(False, "Start a new run in an output_dir that holds one, deleting its run.json, metrics, curves and checkpoints.")
 
     # --- embedded task and warm-up (model == 'embedded' only) ---------------------------
-    embedded_max_operand: int = _opt(99, "Operands a, b of the embedded task are drawn from 0..this.")
-    embedded_test_size: int = _opt(500, "Held-out (a, b) pairs of the embedded task, never trained on.")
+    embedded_task: str = _opt("add", "Embedded task: 'add' (\"a+b=\", a, b in 0..embedded_max_operand, answers of 1-3 digits) or "
+                              "'mul' (\"a*b=\", a in 100..999, b in 2..9: 7200 problems, answers of 3-4 digits).")
+    embedded_max_operand: int = _opt(99, "Operands a, b of the embedded 'add' task are drawn from 0..this ('mul' ignores it).")
+    embedded_test_size: int = _opt(500, "Held-out problems of the embedded task, never trained on.")
     warmup_steps: int = _opt(500, "Supervised next-token steps that bring the tiny model to a non-zero pass rate.")
     warmup_lr: float = _opt(1e-3, "AdamW learning rate of the warm-up.")
     warmup_batch_size: int = _opt(64, "Examples per warm-up step.")
@@ -76,6 +80,13 @@ class TrainConfig:
     kl_estimator: str = _opt("k3", "KL estimator: " + ", ".join(KL_ESTIMATORS) + ".")
     entropy_coef: float = _opt(0.0, "Entropy bonus weight.")
     loss_agg: str = _opt("token-mean", "Loss aggregation: " + ", ".join(LOSS_AGG_MODES) + ".")
+    policy_loss: str = _opt("ppo", "Policy-gradient surrogate: " + ", ".join(POLICY_LOSSES) + " (docs/algorithm.md §8).")
+    top_entropy_quantile: float = _opt(1.0, "Train only the policy term of the tokens in this top share by entropy (TRL's 80/20 rule at 0.2); 1 = every token.")
+    clip_cov_ratio: float = _opt(2e-4, "Clip-Cov (policy_loss clip_cov): share of scored tokens whose gradient is cut.")
+    clip_cov_lb: float = _opt(1.0, "Clip-Cov: lower bound of the covariance window of the tokens it may cut.")
+    clip_cov_ub: float = _opt(5.0, "Clip-Cov: upper bound of that window.")
+    kl_cov_ratio: float = _opt(2e-4, "KL-Cov (policy_loss kl_cov): share of scored tokens, largest covariance first, that get the |log r| penalty.")
+    kl_cov_coef: float = _opt(1.0, "KL-Cov: weight of the |log r| penalty.")
     tis_cap: Optional[float] = _opt(None, "Truncated importance sampling: weight tokens by min(p_trainer / p_vllm, cap); None = off.")
 
     # --- rollouts and optimisation ------------------------------------------------------
@@ -98,6 +109,9 @@ class TrainConfig:
     # --- evaluation, logging, checkpoints -----------------------------------------------
     eval_every: int = _opt(5, "Greedy held-out accuracy every this many steps (and at the start and end); 0 = only start and end.")
     eval_size: int = _opt(500, "Held-out prompts used per evaluation (the first ones).")
+    eval_pass_k: int = _opt(0, "When > 0, the final step's evaluation also samples this many completions per held-out prompt "
+                            "(temperature 1, seeded) and logs the unbiased pass@k as eval_pass@1, eval_pass@2, eval_pass@4, ... "
+                            "(powers of 2 up to it, and it); 0 = off.")
     checkpoint_every: int = _opt(20, "Save a resumable checkpoint every this many steps (and at the end); 0 = only at the end.")
     keep_checkpoints: int = _opt(2, "Newest step checkpoints kept on disk (the warm-up one is always kept).")
     progress: bool = _opt(True, "Show a progress bar.")
@@ -152,7 +166,7 @@ class TrainConfig:
         for key in positive_ints:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("warmup_steps", "eval_every", "checkpoint_every", "vllm_max_model_len", "reward_workers"):
+        for key in ("warmup_steps", "eval_every", "eval_pass_k", "checkpoint_every", "vllm_max_model_len", "reward_workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("reward_timeout_s", "temperature", "lr", "warmup_lr", "vllm_cpu_kvcache_gb"):
@@ -174,9 +188,17 @@ class TrainConfig:
             raise ConfigError(f"tis_cap must be > 0 or null, got {self.tis_cap}")
         if self.embedded_max_operand < 1:
             raise ConfigError(f"embedded_max_operand must be >= 1, got {self.embedded_max_operand}")
-        pairs = (self.embedded_max_operand + 1) ** 2
-        if self.dataset == EMBEDDED and self.embedded_test_size >= pairs:
-            raise ConfigError(f"embedded_test_size must be < the {pairs} possible (a, b) pairs, got {self.embedded_test_size}")
+        if self.embedded_task not in EMBEDDED_TASKS:
+            raise ConfigError(f"embedded_task must be one of {', '.join(EMBEDDED_TASKS)}; got {self.embedded_task!r}")
+        if EMBEDDED in (self.dataset, self.eval_dataset):
+            problems = task_size(self.embedded_task, self.embedded_max_operand)
+            if self.embedded_test_size >= problems:
+                raise ConfigError(f"embedded_test_size must be < the {problems} possible problems of embedded_task "
+                                  f"{self.embedded_task!r}, got {self.embedded_test_size}")
+            need = longest_answer(self.embedded_task, self.embedded_max_operand) + 1
+            if self.max_new_tokens < need:
+                raise ConfigError(f"max_new_tokens must be >= {need} for embedded_task {self.embedded_task!r} (its longest "
+                                  f"answer, {need - 1} tokens, and eos), got {self.max_new_tokens}")
         # the kernels name their argument "backend"; the key is checked here so the message names it
         for key, allowed in {"dtype": DTYPES, "attn_implementation": ATTN, "loss_backend": BACKENDS}.items():
             if getattr(self, key) not in allowed:

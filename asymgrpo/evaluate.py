@@ -14,13 +14,15 @@ from .rollout import RolloutEngine
 class EvalResult:
     """accuracy: share of prompts whose greedy completion scores 1 (num_correct of num_prompts);
     pass_at_k: {k: unbiased pass@k estimate}; reward_stats: the failed reward calls of the
-    evaluation (greedy and sampled ones together)."""
+    evaluation (greedy and sampled ones together); num_correct: of the greedy completions;
+    sampled_correct: with ``ks``, each prompt's correct count among its max(ks) samples (empty without)."""
 
     accuracy: float
     pass_at_k: dict[int, float]
     num_prompts: int
     reward_stats: RewardStats
     num_correct: int = 0
+    sampled_correct: tuple[int, ...] = ()
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -30,11 +32,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
+def mean_pass_at_k(n: int, correct: list[int] | tuple[int, ...], ks) -> dict[int, float]:
+    """{k: mean over prompts of pass_at_k(n, c, k)} for each k in ``ks``, from each prompt's correct count c of n."""
+    return {k: sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in sorted(set(ks))}
+
+
 def evaluate(engine: RolloutEngine, tokenizer, examples: list[Example], reward: SafeReward, *, prompt_template: str,
              max_new_tokens: int, ks: tuple[int, ...] = (), temperature: float = 1.0, seed: int = 0,
              require_success: bool = True) -> EvalResult:
     """Greedy accuracy on ``examples``; with ``ks``, also pass@k from max(ks) samples per prompt at ``temperature``.
 
+    seed: the i-th prompt's samples use vLLM seed ``seed + i * max(ks)`` (one seed per prompt, each of
+        its samples seed, seed + 1, ...): a slice of ``examples`` starting at j gives the same samples
+        with ``seed + j * max(ks)``.
     require_success: raise ``RewardFailure`` when every reward call of a batch fails (``SafeReward.score``).
     """
     texts = [prompt_template.format(prompt=e.prompt) for e in examples]
@@ -54,7 +64,9 @@ def evaluate(engine: RolloutEngine, tokenizer, examples: list[Example], reward: 
                                [tokenizer.decode(c.token_ids, skip_special_tokens=True) for g in groups for c in g],
                                [e.answer for e in examples for _ in range(n)], require_success=require_success)
         correct = [sum(s == 1.0 for s in sampled.values[i * n:(i + 1) * n]) for i in range(len(examples))]
-        passes = {k: sum(pass_at_k(n, c, k) for c in correct) / len(examples) for k in sorted(set(ks))}
+        passes = mean_pass_at_k(n, correct, ks)
         stats = stats.merge(sampled.stats)
+    else:
+        correct = []
     return EvalResult(accuracy=accuracy, pass_at_k=passes, num_prompts=len(examples), reward_stats=stats,
-                      num_correct=num_correct)
+                      num_correct=num_correct, sampled_correct=tuple(correct))

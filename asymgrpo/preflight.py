@@ -16,7 +16,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from .config import EMBEDDED, ConfigError, TrainConfig
-from .data import Example, arithmetic_splits, check_tokenizable, load_examples
+from .data import Example, check_tokenizable, embedded_splits, load_examples
 from .distributed import env_ranks
 from .rewards import resolve_reward
 from .run_dir import check_resumable, describe_run, holds_run
@@ -95,17 +95,21 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
 
     def examples(source: str, split: str, part: int) -> list[Example]:
         if source == EMBEDDED:
-            return arithmetic_splits(seed=config.seed, test_size=config.embedded_test_size,
-                                     max_operand=config.embedded_max_operand)[part]
+            return embedded_splits(config.embedded_task, seed=config.seed, test_size=config.embedded_test_size,
+                                   max_operand=config.embedded_max_operand)[part]
         return load_examples(source, split=split, prompt_field=config.prompt_field, answer_field=config.answer_field)
 
     try:
         train_set = examples(config.dataset, config.train_split, 0)
         if config.eval_dataset is not None:
-            return train_set, examples(config.eval_dataset, config.eval_split, 1)
-        return train_set, examples(EMBEDDED, config.eval_split, 1) if config.dataset == EMBEDDED else []
+            eval_set = examples(config.eval_dataset, config.eval_split, 1)
+        else:
+            eval_set = examples(EMBEDDED, config.eval_split, 1) if config.dataset == EMBEDDED else []
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if config.eval_pass_k and not eval_set:
+        raise ConfigError(f"eval_pass_k {config.eval_pass_k} needs held-out data: pass eval_dataset (or set eval_pass_k 0)")
+    return train_set, eval_set
 
 
 def check_vocabulary(config: TrainConfig, train_set: list[Example], eval_set: list[Example]) -> bool:

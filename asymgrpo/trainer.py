@@ -41,7 +41,7 @@ from .distributed import (SINGLE, Ranks, all_reduce_max, all_reduce_sum, barrier
                           full_state_dict, gather, init_from_env, shard_policy, share)
 from .distributed import device as distributed_device
 from .durable import publish_dir
-from .evaluate import evaluate
+from .evaluate import evaluate, mean_pass_at_k
 from .interrupt import StopRequest
 from .plotting import plot_metrics
 from .policy import fused_loss, load_policy, resolve_attn_implementation, resolve_dtype, sequence_logprobs
@@ -191,8 +191,8 @@ def run(config: TrainConfig, inputs: RunInputs, ranks: Ranks, engine: RolloutEng
     with reward, StopRequest() as stop:
         if step == 0:
             with stopped_at(0, "the starting evaluation"):
-                initial_accuracy, eval_stats = held_out_accuracy(engine, tokenizer, inputs.eval_set, reward, config,
-                                                                 ranks)
+                initial_accuracy, eval_stats, _ = held_out_accuracy(engine, tokenizer, inputs.eval_set, reward, config,
+                                                                    ranks)
             if ranks.is_main:
                 append_metrics(out, {"step": 0, "accuracy": initial_accuracy, **reward_counts(eval_stats, "eval_")})
         else:
@@ -213,13 +213,14 @@ def run(config: TrainConfig, inputs: RunInputs, ranks: Ranks, engine: RolloutEng
                 engine.load_weights(weights.items())
                 step_time = time.perf_counter() - step_started
                 evaluated = due(step, config.eval_every, config.steps)
-                eval_stats = None
-                if evaluated:
-                    accuracy, eval_stats = held_out_accuracy(engine, tokenizer, inputs.eval_set, reward, config,
-                                                             ranks)
+                eval_stats, passes = None, {}
+                if evaluated:  # the final step's evaluation also estimates pass@k (eval_pass_k > 0)
+                    accuracy, eval_stats, passes = held_out_accuracy(
+                        engine, tokenizer, inputs.eval_set, reward, config, ranks,
+                        pass_k=config.eval_pass_k if step == config.steps else 0)
             log_step(step, samples, scores, losses, step_time=step_time, accuracy=accuracy, eval_stats=eval_stats,
                      optimizer=optimizer, model=model, tokenizer=tokenizer, bar=bar, config=config, ranks=ranks,
-                     weights=weights)
+                     weights=weights, pass_at_k=passes)
             stopped = agreed_signal(stop.signal, ranks)
             if stop_after is not None and step >= stop_after:
                 break
@@ -373,11 +374,14 @@ def update(model, optimizer, loss_fn: AsymGRPOLoss, batch: PackedBatch, scores: 
 
 def log_step(step: int, samples: Rollout, scores: Scores, losses: dict[str, float], *, step_time: float,
              accuracy: float | None, eval_stats: RewardStats | None, optimizer, model, tokenizer, bar,
-             config: TrainConfig, ranks: Ranks = SINGLE, weights: dict[str, torch.Tensor] | None = None) -> None:
+             config: TrainConfig, ranks: Ranks = SINGLE, weights: dict[str, torch.Tensor] | None = None,
+             pass_at_k: dict[int, float] | None = None) -> None:
     """Append the step's metrics.jsonl row, advance the progress bar, save a checkpoint when one is due.
 
     accuracy: the latest held-out accuracy (the bar's). eval_stats: the failed reward calls of
     this step's held-out evaluation, None when there was none (then the row's accuracy is None).
+    pass_at_k: {k: held-out pass@k} of this step's evaluation, logged as ``eval_pass@{k}`` (the final step's,
+    with eval_pass_k > 0).
     Under torchrun every rank calls it: the batch's figures are gathered from all ranks (one
     all-gather), rank 0 writes the row; the checkpoint is collective (``weights``: the full state dict).
     """
@@ -398,6 +402,7 @@ def log_step(step: int, samples: Rollout, scores: Scores, losses: dict[str, floa
         "completion_tokens": tokens / batch.rows,
         **reward_counts(batch.reward_stats),
         **(reward_counts(eval_stats, "eval_") if eval_stats is not None else {}),
+        **{f"eval_pass@{k}": value for k, value in (pass_at_k or {}).items()},
         "lr": optimizer.param_groups[0]["lr"],
         "rollout_time": batch.rollout_time,
         "step_time": batch.step_time,
@@ -535,29 +540,44 @@ def merge_metrics(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     return merged
 
 
-def held_out_accuracy(engine: RolloutEngine, tokenizer, eval_set: list[Example], reward: SafeReward,
-                      config: TrainConfig, ranks: Ranks = SINGLE) -> tuple[float | None, RewardStats]:
-    """Greedy accuracy on the first ``eval_size`` held-out examples (None without held-out data), and
-    the evaluation's failed reward calls.
+def pass_ks(n: int) -> tuple[int, ...]:
+    """The k of pass@k logged for ``n`` samples per prompt: 1, 2, 4, ... up to n, and n."""
+    return tuple(sorted({1 << i for i in range(n.bit_length()) if 1 << i <= n} | {n})) if n > 0 else ()
 
-    Under torchrun each rank evaluates its contiguous share of them with its engine; the correct
-    counts and failure counts are gathered (one all-gather), so every rank returns the accuracy
-    over all of them.
+
+def held_out_accuracy(engine: RolloutEngine, tokenizer, eval_set: list[Example], reward: SafeReward,
+                      config: TrainConfig, ranks: Ranks = SINGLE,
+                      pass_k: int = 0) -> tuple[float | None, RewardStats, dict[int, float]]:
+    """Greedy accuracy on the first ``eval_size`` held-out examples (None without held-out data), the
+    evaluation's failed reward calls, and {k: pass@k} for ``pass_ks(pass_k)`` ({} when pass_k is 0).
+
+    pass@k is the unbiased estimate from ``pass_k`` samples per prompt at temperature 1, the i-th
+    example's seeded ``config.seed + i * pass_k`` (``evaluate``), so the samples do not depend on the ranks.
+
+    Under torchrun each rank evaluates its contiguous share of them with its engine; the greedy
+    correct counts, failure counts and every prompt's sampled correct count are gathered (one
+    all-gather), so every rank returns the figures over all of them.
     """
     if not eval_set:
-        return None, RewardStats()
+        return None, RewardStats(), {}
     examples = eval_set[: config.eval_size]
-    mine = share(examples, ranks) if ranks.distributed else examples
+    ks = pass_ks(pass_k)
+    positions = share(list(range(len(examples))), ranks) if ranks.distributed else list(range(len(examples)))
+    mine = examples[positions[0]:positions[-1] + 1] if positions else []
+    first = positions[0] if positions else 0
     result = evaluate(engine, tokenizer, mine, reward, prompt_template=config.prompt_template,
-                      max_new_tokens=config.max_new_tokens,
+                      max_new_tokens=config.max_new_tokens, ks=ks, temperature=1.0, seed=config.seed + first * pass_k,
                       require_success=not config.allow_reward_failures) if mine else None
     if not ranks.distributed:
-        return result.accuracy, result.reward_stats
-    parts = gather((result.num_correct, result.reward_stats) if result else (0, RewardStats()), ranks)
+        return result.accuracy, result.reward_stats, result.pass_at_k
+    parts = gather((result.num_correct, result.reward_stats, result.sampled_correct) if result
+                   else (0, RewardStats(), ()), ranks)
     stats = parts[0][1]
-    for _, part in parts[1:]:
+    for _, part, _ in parts[1:]:
         stats = stats.merge(part)
-    return sum(correct for correct, _ in parts) / len(examples), stats
+    sampled = [count for _, _, counts in parts for count in counts]
+    passes = mean_pass_at_k(pass_k, sampled, ks) if ks else {}
+    return sum(correct for correct, _, _ in parts) / len(examples), stats, passes
 
 
 def reward_counts(stats: RewardStats, prefix: str = "") -> dict[str, int]:

@@ -202,3 +202,21 @@ def test_pass_at_k_estimator():
     assert pass_at_k(8, 8, 1) == 1.0
     assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
     assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 / 4) * (2 / 3))
+
+
+def test_eval_pass_k_at_the_final_step(engine, tmp_path):
+    """eval_pass_k: the final step's row alone holds eval_pass@1, @2, @4, @8, monotone in k, within [0, 1];
+    the greedy accuracy is the same as without it (tests/test_pass_at_k_eval.py holds the fast checks)."""
+    config = TrainConfig.from_dict({**SMALL, "steps": 2, "eval_every": 1, "checkpoint_every": 0, "eval_size": 20,
+                                    "eval_pass_k": 8, "output_dir": str(tmp_path)})
+    result = train(config, engine=engine)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["accuracy"] is not None for r in rows)
+    for row in rows[:-1]:
+        assert not any(key.startswith("eval_pass@") for key in row)
+    passes = {key: value for key, value in rows[-1].items() if key.startswith("eval_pass@")}
+    assert list(passes) == ["eval_pass@1", "eval_pass@2", "eval_pass@4", "eval_pass@8"]
+    values = list(passes.values())
+    assert all(0 <= v <= 1 for v in values) and all(a <= b for a, b in zip(values, values[1:]))
+    assert 0 < values[-1]  # a barely trained model still gets first digits right
+    assert rows[-1]["accuracy"] == result.final_accuracy
