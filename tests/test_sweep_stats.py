@@ -141,9 +141,9 @@ def test_curve_and_band():
 
 def test_plan_layout_and_keys(tmp_path):
     plan = build_plan(tmp_path / "s", methods="grpo,asymgrpo", seeds="0,3", overrides={"steps": "3"})
-    assert [r.name for r in plan.runs] == ["grpo/seed0", "grpo/seed3", "asymgrpo/seed0", "asymgrpo/seed3"]
+    assert [r.name for r in plan.runs] == ["grpo/seed0", "asymgrpo/seed0", "grpo/seed3", "asymgrpo/seed3"]  # seed-major
     assert plan.baseline == "grpo"
-    run = plan.runs[1]
+    run = plan.runs[2]
     assert run.path == tmp_path / "s" / "grpo" / "seed3"
     assert run.config["seed"] == 3 and run.config["steps"] == 3 and run.config["preset"] == "grpo"
     assert run.config["output_dir"] == str(run.path) and run.config["clip_high"] == 0.2
@@ -155,9 +155,9 @@ def test_plan_layout_and_keys(tmp_path):
 def test_plan_with_a_grid(tmp_path):
     plan = build_plan(tmp_path, methods="grpo", seeds=2, grid="clip-high=0.28,3e-1")
     assert plan.grid_key == "clip_high" and plan.grid_values == (0.28, 0.3)
-    assert [r.name for r in plan.runs] == ["grpo/clip_high=0.28/seed0", "grpo/clip_high=0.28/seed1",
-                                           "grpo/clip_high=0.3/seed0", "grpo/clip_high=0.3/seed1"]
-    assert plan.runs[2].config["clip_high"] == 0.3  # the grid wins over the method's key
+    assert [r.name for r in plan.runs] == ["grpo/clip_high=0.28/seed0", "grpo/clip_high=0.3/seed0",
+                                           "grpo/clip_high=0.28/seed1", "grpo/clip_high=0.3/seed1"]
+    assert plan.runs[1].config["clip_high"] == 0.3  # the grid wins over the method's key
     assert build_plan(tmp_path, methods="grpo", seeds=1, grid="tis_cap=none,2").grid_values == (None, 2.0)
 
 
@@ -245,7 +245,7 @@ def test_sweep_runs_records_failures_and_skips_finished_runs(tmp_path):
     plan = build_plan(tmp_path, methods="grpo,asymgrpo", seeds=3, overrides={"steps": 5}, eval_pass_k=8)
     runner = FakeRunner(fail={"asymgrpo/seed1"})
     result = run_sweep(plan, runner=runner, echo=lambda _: None)
-    assert [o.status for o in result.outcomes] == ["finished"] * 4 + ["failed", "finished"]
+    assert [o.status for o in result.outcomes] == ["finished"] * 3 + ["failed", "finished", "finished"]
     assert [name for name, _ in runner.calls] == [r.name for r in plan.runs]
     command = runner.calls[0][1]
     assert command[1:4] == ["-m", "asymgrpo", "train"] and "--resume" not in command

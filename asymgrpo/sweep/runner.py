@@ -442,17 +442,18 @@ def _write_run_config(run: RunSpec) -> None:
 
 def run_specs(sweep_dir: Path, methods: Sequence[str], seeds: Sequence[int], grid_key: str | None,
               grid_values: Sequence[Any], base: Mapping[str, Any], *, check: bool) -> tuple[RunSpec, ...]:
-    """Every run of methods x grid values x seeds, in that order; ``check``: build each TrainConfig
-    (SweepError naming the run on a bad value), else take the keys as they are (a saved plan)."""
+    """Every run of seeds x methods x grid values, in that order (seed-major, so that a sweep stopped
+    early has every method at its first seeds); ``check``: build each TrainConfig (SweepError naming
+    the run on a bad value), else take the keys as they are (a saved plan)."""
     runs = []
-    for method in methods:
-        for value in grid_values if grid_key is not None else [None]:
-            folder = method
-            keys = {**base, **method_keys(method)}
-            if grid_key is not None:
-                folder = f"{method}/{grid_key}={_folder_text(value)}"
-                keys[grid_key] = value
-            for seed in seeds:
+    for seed in seeds:
+        for method in methods:
+            for value in grid_values if grid_key is not None else [None]:
+                folder = method
+                keys = {**base, **method_keys(method)}
+                if grid_key is not None:
+                    folder = f"{method}/{grid_key}={_folder_text(value)}"
+                    keys[grid_key] = value
                 name = f"{folder}/seed{seed}"
                 path = sweep_dir / name
                 values = {**keys, "seed": int(seed), "output_dir": str(path), "resume": False, "overwrite": False}
