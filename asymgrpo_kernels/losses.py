@@ -152,7 +152,7 @@ def fused_linear_asymgrpo_loss(
         )
         wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
         if chosen.single_pass_loss and wants_grad and shard is None and not options.needs_batch_statistics:
-            selection = {}
+            selection = {}  # no batch statistic: batch_statistics would return the tokens as they are
             loss, logprobs, entropy, ratio, kl, clipped = SinglePassLoss.apply(
                 head.hidden, head.weight, head.bias, head.rows, head.targets, head.temperature, head.workspace_bytes,
                 tokens, chosen.kernels, chosen.token_terms,
