@@ -3,7 +3,8 @@
 #   benchmarks/gpu_check.sh [--dry-run] [OUT_DIR]
 #
 # 1. installs the carried peer wheels (.whl/*.whl: liger-kernel, cut-cross-entropy) if present;
-# 2. runs the test suite natively (TRITON_INTERPRET unset), junit XML to OUT_DIR/tests.xml;
+# 2. runs the test suite natively (TRITON_INTERPRET unset), the files that use CUDA first, over
+#    pytest-xdist workers where it is installed; junit XML to OUT_DIR/tests.xml;
 # 3. runs the kernel, loss and peer benchmarks at the GPU sizes (benchmarks/cases.py);
 # 4. runs one training step of a randomly initialised Qwen2.5-1.5B-shaped model, fused loss
 #    vs materialized logits (benchmarks/train_step.py);
@@ -24,7 +25,7 @@ POSITIONAL=()
 for arg in "$@"; do
     case $arg in
         --dry-run) DRY=1 ;;
-        -h | --help) sed -n 2,21p "$0"; exit 0 ;;
+        -h | --help) sed -n 2,19p "$0"; exit 0 ;;
         *) POSITIONAL+=("$arg") ;;
     esac
 done
@@ -39,6 +40,16 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 CPU_ONLY_TESTS=(--ignore=tests/test_docs.py --ignore=tests/test_packaging.py
                 --ignore=tests/test_integration_trl.py --ignore=tests/test_integration_verl.py
                 --ignore=tests/test_examples.py)
+# The files whose tests run on CUDA when the machine has one go first (the rest run on the CPU
+# there, as in CI), so a step cut at its limit has still checked the kernels. With pytest-xdist
+# (the device image has it), files are spread over worker processes, whole files per worker.
+CUDA_TESTS=(tests/test_triton_logprob_entropy.py tests/test_logprob_entropy.py tests/test_fused_loss.py
+            tests/test_policy_loss.py tests/test_policy_methods.py tests/test_user_calls.py
+            tests/test_advantages.py tests/test_peers_smoke.py tests/test_vocab_parallel.py)
+WORKERS=()
+if "$PY" -c "import xdist" 2>/dev/null; then
+    WORKERS=(-n "${TEST_WORKERS:-$(( $(nproc) < 8 ? $(nproc) : 8 ))}" --dist loadfile)
+fi
 if [ "$DRY" = 1 ]; then
     SIZE=tiny
     export CUDA_VISIBLE_DEVICES="" TRITON_INTERPRET=1
@@ -88,7 +99,8 @@ SLUG=$("$PY" -c "import torch; from benchmarks.results import device_slug; print
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 BENCH=(--bench-size "$SIZE" --bench-out "$OUT_DIR" --benchmark-columns=min,median,rounds --benchmark-sort=name)
-step tests "$LIMIT_TESTS" "${PYTEST[@]}" tests "${TEST_ARGS[@]}" --junitxml="$OUT_DIR/tests.xml"
+step tests "$LIMIT_TESTS" "${PYTEST[@]}" "${CUDA_TESTS[@]}" tests "${TEST_ARGS[@]}" "${WORKERS[@]}" \
+    --junitxml="$OUT_DIR/tests.xml"
 step bench_kernel "$LIMIT_KERNEL" "${PYTEST[@]}" benchmarks/test_bench_logprob_entropy.py "${BENCH[@]}"
 step bench_loss "$LIMIT_LOSS" "${PYTEST[@]}" benchmarks/test_bench_loss.py "${BENCH[@]}"
 step bench_peers "$LIMIT_PEERS" "${PYTEST[@]}" benchmarks/test_bench_peers.py "${BENCH[@]}"

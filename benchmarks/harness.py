@@ -5,12 +5,19 @@ outputs and gradients against ours as shipped on this device (normwise relative 
 tolerance below; the first check call also warms up / compiles); time it with
 pytest-benchmark (median of the rounds); measure its peak extra memory (memory.py); record
 the row. A disagreement fails the test after the row is recorded with status "mismatch".
+
+An exception fails the test (row status "error"), except out of memory (status "oom") and
+an exception a peer raises inside its own code (status "peer_error", with the error and
+where it was raised): those are that implementation's result at this case,
+recorded and skipped, so a peer's own bug does not fail a run that measures ours.
 """
 
 from __future__ import annotations
 
 import gc
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,7 +121,13 @@ def check_against_ours(case: Case, impl: Adapter, inputs: Inputs, state: dict, d
     if case.task not in _cache.baselines:
         base = adapter(case.task, base_name)
         reason = base.unavailable(device)
-        _cache.baselines[case.task] = (reason, None if reason else outputs_and_grads(base, inputs, base.prepare(inputs)))
+        try:
+            expected = None if reason else outputs_and_grads(base, inputs, base.prepare(inputs))
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # re-raised from this frame: never taken for the peer's own failure
+            raise RuntimeError(f"the baseline {base_name} failed: {type(exc).__name__}: {exc}") from exc
+        _cache.baselines[case.task] = (reason, expected)
     reason, expected = _cache.baselines[case.task]
     if reason:
         return {"verdict": f"unchecked: baseline {base_name} unavailable ({reason})"}
@@ -154,21 +167,54 @@ def run_case(case: Case, benchmark, *, recorder: Recorder, device: torch.device,
     if reason:
         recorder.add(case.suite, {**row, "status": "skipped", "reason": reason})
         pytest.skip(reason)
-    reason = None
+    status = reason = None
     try:
         _measure(case, impl, row, benchmark, recorder, device, rounds, warmup_rounds, isolate_memory)
     except torch.OutOfMemoryError as exc:
-        reason = f"out of memory: {str(exc).splitlines()[0]}"
+        status, reason = "oom", f"out of memory: {str(exc).splitlines()[0]}"
     except Exception as exc:
-        recorder.add(case.suite, {**row, "status": "error", "reason": f"{type(exc).__name__}: {exc}"[:500]})
-        raise
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        if not (impl.peer and raised_outside_project(exc)):
+            recorder.add(case.suite, {**row, "status": "error", "reason": reason})
+            raise
+        status, reason = "peer_error", f"raised inside the peer's own code, at {raise_site(exc)}: {reason}"
     if reason:  # outside the except block, so the failed call's tensors can be freed
         _cache.checks.pop((case.task, case.name), None)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        recorder.add(case.suite, {**row, "status": "oom", "reason": reason})
-        pytest.skip(reason)
+        recorder.add(case.suite, {**row, "status": status, "reason": reason})
+        pytest.skip(f"{impl.label}: {reason}")
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    return traceback.extract_tb(exc.__traceback__)
+
+
+def _in_project(frame: traceback.FrameSummary) -> bool:
+    return Path(frame.filename).resolve().is_relative_to(PROJECT_ROOT)
+
+
+def raised_outside_project(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in code outside this repository (the innermost frame).
+
+    A peer adapter that calls the peer with a wrong signature raises in its own frame
+    (benchmarks/peers.py), and a failing baseline of ours is re-raised from this module, so
+    those stay failures of ours; a peer that breaks inside its own code does not.
+    """
+    frames = _frames(exc)
+    return bool(frames) and not _in_project(frames[-1])
+
+
+def raise_site(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame of ``exc``, the path cut after ``site-packages/``."""
+    frames = _frames(exc)
+    if not frames:
+        return "unknown"
+    return f"{frames[-1].filename.rpartition('site-packages/')[2]}:{frames[-1].lineno}"
 
 
 def _measure(case, impl, row, benchmark, recorder, device, rounds, warmup_rounds, isolate_memory) -> None:

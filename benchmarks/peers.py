@@ -54,6 +54,9 @@ class Adapter:
     ``forward(inputs, state)`` returns the task's outputs as a tuple of tensors; ``prepare``
     builds anything the call needs beyond the shared inputs (it is not timed and counts as
     input memory). ``warmup`` marks compiled implementations whose first call compiles.
+    ``peer`` marks code this project does not own (another library, or torch.compile): an
+    exception raised inside that code is the peer's result, recorded with its error, not a
+    failure of the benchmark run (``harness.run_case``).
     """
 
     name: str
@@ -66,6 +69,7 @@ class Adapter:
     entropy: str = "yes"
     notes: str = ""
     backend: str | None = None
+    peer: bool = False
 
     def unavailable(self, device: torch.device) -> str | None:
         """None when the adapter can run on ``device``, else the reason it cannot."""
@@ -363,14 +367,15 @@ def adapters(task: str) -> list[Adapter]:
             Adapter("reference", task, "PyTorch eager (materialized)",
                     lambda i, s: (plain_grpo_loss(*_grpo_args(i)),), entropy="no"),
             Adapter("reference_compiled", task, "PyTorch torch.compile (materialized)",
-                    lambda i, s: (_compiled_grpo_loss()(*_grpo_args(i)),), warmup=True, entropy="no"),
+                    lambda i, s: (_compiled_grpo_loss()(*_grpo_args(i)),), warmup=True, entropy="no",
+                    peer=True),
             Adapter("liger_fused_linear", task, "Liger LigerFusedLinearGRPOLoss", _liger_fused_forward,
                     needs=lambda device: _module("liger_kernel.chunked_loss"), prepare=_liger_fused_prepare,
-                    warmup=True, entropy="no",
+                    warmup=True, entropy="no", peer=True,
                     notes="its forward also runs the backward, so fwd = fwd+bwd work"),
             Adapter("liger_triton", task, "Liger triton_grpo_loss (+ LM-head matmul)", _liger_triton_forward,
                     needs=_all(lambda device: _module("liger_kernel.transformers.grpo_loss"), _triton_runs),
-                    entropy="no", notes="time and memory include the logits matmul and its backward"),
+                    entropy="no", peer=True, notes="time and memory include the logits matmul and its backward"),
             _ours(task, "auto"),
         ]
     if task == "logprob":
@@ -379,7 +384,7 @@ def adapters(task: str) -> list[Adapter]:
                     lambda i, s: (plain_logprobs(i.hidden, i.weight, i.targets),), entropy="no"),
             Adapter("cce", task, "cut_cross_entropy.linear_cross_entropy", _cce_forward,
                     needs=lambda device: _module("cut_cross_entropy"), entropy="no",
-                    warmup=True, notes="impl=cce on CUDA, impl=torch_compile on the CPU"),
+                    warmup=True, peer=True, notes="impl=cce on CUDA, impl=torch_compile on the CPU"),
             _ours(task, "auto"),
         ]
     raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_DESCRIPTIONS)}")

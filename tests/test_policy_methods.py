@@ -1,10 +1,11 @@
 """The entropy-control policy losses (docs/algorithm.md §8): GSPO, CISPO, Clip-Cov, KL-Cov, the entropy quantile.
 
 Each against the float64 formula (``reference.policy_loss_reference``), values and gradients, on
-the per-token loss and through the fused LM-head loss, every backend (Triton under the interpreter
-on the CPU); against verl's own ``core_algos`` functions (gspo, cispo, clip_cov, kl_cov) and TRL's
-``get_high_entropy_mask``; and the fused path of the batch-statistic methods runs its two passes
-and never holds [tokens x vocab].
+the per-token loss and through the fused LM-head loss, every backend (on CUDA when the machine
+has it, Triton natively; else on the CPU, Triton under the interpreter); against verl's own
+``core_algos`` functions (gspo, cispo, clip_cov, kl_cov) and TRL's ``get_high_entropy_mask``;
+and the fused path of the batch-statistic methods runs its two passes and never holds
+[tokens x vocab].
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from asymgrpo_kernels.dispatch import triton_available
 from asymgrpo_kernels.reference import asymgrpo_loss_reference, policy_loss_reference
 
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not triton_available(), reason="no Triton"))]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the backend tests run (Triton natively on CUDA)
 
 #: Every method with options that make its selection bite on a batch of ~40 tokens.
 METHODS = {
@@ -59,7 +61,7 @@ def grads(loss: torch.Tensor, *inputs: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("extras", ["plain", "is+kl+bonus"])
 def test_policy_loss_matches_the_float64_formula(backend, method, loss_agg, extras):
-    data = batch(3)
+    data = {k: v.to(DEVICE) for k, v in batch(3).items()}
     options = dict(METHODS[method], loss_agg=loss_agg)
     kwargs = {}
     if extras != "plain":
@@ -96,14 +98,14 @@ def test_policy_loss_matches_the_float64_formula(backend, method, loss_agg, extr
 def test_fused_loss_matches_the_float64_formula(backend, method, temperature):
     gen = torch.Generator().manual_seed(7)
     batch_size, seq_len, hidden_size, vocab = 3, 11, 16, 37  # odd sizes
-    hidden = torch.randn(batch_size, seq_len, hidden_size, generator=gen).requires_grad_()
-    weight = (0.3 * torch.randn(vocab, hidden_size, generator=gen)).requires_grad_()
-    targets = torch.randint(vocab, (batch_size, seq_len), generator=gen)
-    mask = (torch.rand(batch_size, seq_len, generator=gen) > 0.3).float()
+    hidden = torch.randn(batch_size, seq_len, hidden_size, generator=gen).to(DEVICE).requires_grad_()
+    weight = (0.3 * torch.randn(vocab, hidden_size, generator=gen)).to(DEVICE).requires_grad_()
+    targets = torch.randint(vocab, (batch_size, seq_len), generator=gen).to(DEVICE)
+    mask = (torch.rand(batch_size, seq_len, generator=gen) > 0.3).float().to(DEVICE)
     mask[:, :3] = 0  # prompts left in the batch
     hidden.data[:, 0] = float("nan")  # never scored, never read
-    advantages = torch.randn(batch_size, generator=gen)
-    old = -3 * torch.rand(batch_size, seq_len, generator=gen)
+    advantages = torch.randn(batch_size, generator=gen).to(DEVICE)
+    old = (-3 * torch.rand(batch_size, seq_len, generator=gen)).to(DEVICE)
     options = METHODS[method]
     torch.manual_seed(5)
     loss, metrics = fused_linear_asymgrpo_loss(hidden, weight, targets, mask, advantages, old_logprobs=old,
