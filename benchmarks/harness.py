@@ -174,10 +174,11 @@ def run_case(case: Case, benchmark, *, recorder: Recorder, device: torch.device,
         status, reason = "oom", f"out of memory: {str(exc).splitlines()[0]}"
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"[:500]
-        if not (impl.peer and raised_outside_project(exc)):
+        site = outside_project_raise_site(exc) if impl.peer else None
+        if site is None:
             recorder.add(case.suite, {**row, "status": "error", "reason": reason})
             raise
-        status, reason = "peer_error", f"raised inside the peer's own code, at {raise_site(exc)}: {reason}"
+        status, reason = "peer_error", f"raised inside the peer's own code, at {site}: {reason}"
     if reason:  # outside the except block, so the failed call's tensors can be freed
         _cache.checks.pop((case.task, case.name), None)
         gc.collect()
@@ -190,30 +191,17 @@ def run_case(case: Case, benchmark, *, recorder: Recorder, device: torch.device,
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _frames(exc: BaseException) -> list[traceback.FrameSummary]:
-    return traceback.extract_tb(exc.__traceback__)
-
-
-def _in_project(frame: traceback.FrameSummary) -> bool:
-    return Path(frame.filename).resolve().is_relative_to(PROJECT_ROOT)
-
-
-def raised_outside_project(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised in code outside this repository (the innermost frame).
+def outside_project_raise_site(exc: BaseException) -> str | None:
+    """``file:line`` (cut after ``site-packages/``) where ``exc`` was raised, if that innermost
+    frame lies outside this repository; None if it lies inside.
 
     A peer adapter that calls the peer with a wrong signature raises in its own frame
     (benchmarks/peers.py), and a failing baseline of ours is re-raised from this module, so
     those stay failures of ours; a peer that breaks inside its own code does not.
     """
-    frames = _frames(exc)
-    return bool(frames) and not _in_project(frames[-1])
-
-
-def raise_site(exc: BaseException) -> str:
-    """``file:line`` of the innermost frame of ``exc``, the path cut after ``site-packages/``."""
-    frames = _frames(exc)
-    if not frames:
-        return "unknown"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames or Path(frames[-1].filename).resolve().is_relative_to(PROJECT_ROOT):
+        return None
     return f"{frames[-1].filename.rpartition('site-packages/')[2]}:{frames[-1].lineno}"
 
 
